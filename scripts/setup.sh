@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything rgcs needs on a fresh Debian 12 machine (root):
+#   qemu-system-x86 (the UVM), linux-image-amd64 (guest kernel + modules), e2fsprogs (ext4 layers),
+#   busybox-static (test rootfs), vhost-device-vsock (host end of vsock, pinned), cargo-fuzz.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+TOOLS_DIR="${RGCS_TOOLS_DIR:-/opt/rgcs-tools}"
+log() { echo "setup: $*" >&2; }
+
+need_apt=()
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+compgen -G '/boot/vmlinuz-*-amd64' >/dev/null || need_apt+=(linux-image-amd64)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # linux-image-amd64 pulls initramfs-tools; we never use the host's initramfs, so skip building one.
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" file >/dev/null
+fi
+
+if ! "$TOOLS_DIR/bin/vhost-device-vsock" --version 2>/dev/null | grep -q "$VHOST_DEVICE_VSOCK_VERSION"; then
+  log "cargo install vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION into $TOOLS_DIR (takes ~3 min once)"
+  cargo install --locked --quiet --root "$TOOLS_DIR" vhost-device-vsock --version "$VHOST_DEVICE_VSOCK_VERSION"
+fi
+log "ok: $(qemu-system-x86_64 --version | head -1); kernel $(ls /boot/vmlinuz-*-amd64 | tail -1); vhost-device-vsock in $TOOLS_DIR/bin"
