@@ -1,1 +1,53 @@
-//! rgcs-agent
+//! rgcs-agent: the guest compute service. It serves hcsshim's GCS bridge protocol v4 over vsock
+//! from inside a Linux utility VM.
+//!
+//! * [`config`] — command-line flags (hcsshim's, plus ours);
+//! * [`bridge`] — dial, negotiate, serve, re-dial;
+//! * [`dispatch`] — one arm per request type;
+//! * [`host`] — agent-wide state;
+//! * [`modules`] — the background load of storage kernel modules;
+//! * [`logging`] — logrus-style JSON lines for the host's log port;
+//! * [`sys`] — the only place with raw file descriptors.
+
+pub mod bridge;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod host;
+pub mod logging;
+pub mod modules;
+pub mod sys;
+
+use std::sync::Arc;
+
+/// Runs the agent (not PID 1) until the host asks for power-off or, with `--no-redial`, the bridge
+/// drops. Returns the process exit code.
+pub fn run(cfg: config::Config) -> i32 {
+    logging::install(logging::level_filter(&cfg.log_level));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "cannot start the async runtime"
+            );
+            return 1;
+        }
+    };
+    let in_uvm = matches!(cfg.bridge, config::BridgeTarget::Vsock { .. });
+    let gate = if in_uvm && cfg.late_modules {
+        modules::ModulesGate::new()
+    } else {
+        modules::ModulesGate::ready()
+    };
+    let host = Arc::new(host::Host::new(gate));
+    tracing::info!(pid = std::process::id(), bridge = ?cfg.bridge, "rgcs agent starting");
+    let exit = runtime.block_on(bridge::run(&cfg, host));
+    tracing::info!(?exit, "rgcs agent exiting");
+    // Do not wait for blocking work still running (a late module load, a hung mount): the host
+    // asked for the VM to go away, and PID 1 syncs and powers off once we are gone.
+    runtime.shutdown_background();
+    match exit {
+        bridge::Exit::PowerOff | bridge::Exit::Disconnected => 0,
+    }
+}

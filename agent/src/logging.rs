@@ -1,0 +1,220 @@
+//! The agent's log output: one logrus-style JSON object per line on stderr, which PID 1 connected
+//! to vsock port 109 (GCS-PROTOCOL §1.2): `{"time":…,"level":…,"msg":…, <fields>}`.
+//!
+//! Events are formatted on the emitting thread and handed to one writer thread through a bounded
+//! queue. A host that stops reading the log port therefore never blocks a request handler: when
+//! the queue is full, lines are dropped and counted, and the count is reported in the next line
+//! that gets through (guest-triggered log floods are bounded, as in Firecracker's rate limiter).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+/// Lines buffered between the emitters and the writer thread.
+const QUEUE_LINES: usize = 1024;
+
+/// Maps an hcsshim/logrus level name (or a tracing one) to a filter. Unknown names mean `info`.
+pub fn level_filter(name: &str) -> LevelFilter {
+    match name.to_ascii_lowercase().as_str() {
+        "trace" => LevelFilter::TRACE,
+        "debug" => LevelFilter::DEBUG,
+        "warn" | "warning" => LevelFilter::WARN,
+        "error" | "fatal" | "panic" => LevelFilter::ERROR,
+        "off" => LevelFilter::OFF,
+        _ => LevelFilter::INFO,
+    }
+}
+
+/// The logrus level name of a tracing level.
+fn logrus_level(level: &Level) -> &'static str {
+    match *level {
+        Level::TRACE => "trace",
+        Level::DEBUG => "debug",
+        Level::INFO => "info",
+        Level::WARN => "warning",
+        Level::ERROR => "error",
+    }
+}
+
+/// Installs the global subscriber writing JSON lines to stderr. Starts the writer thread: call it
+/// after any fork that must happen while the process is single-threaded.
+pub fn install(filter: LevelFilter) {
+    let (tx, rx) = sync_channel::<String>(QUEUE_LINES);
+    let spawned = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || {
+            let stderr = std::io::stderr();
+            for line in rx {
+                let mut out = stderr.lock();
+                // A broken log stream must not take the agent down; there is nowhere left to report.
+                let _ = out.write_all(line.as_bytes());
+            }
+        });
+    let sink = match spawned {
+        Ok(_) => Sink::Queue {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        },
+        Err(_) => Sink::Direct,
+    };
+    let subscriber = tracing_subscriber::registry().with(JsonLines { sink }.with_filter(filter));
+    // Only fails if a subscriber is already installed (tests): keep the existing one.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+enum Sink {
+    Queue {
+        tx: SyncSender<String>,
+        dropped: Arc<AtomicU64>,
+    },
+    Direct,
+}
+
+struct JsonLines {
+    sink: Sink,
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLines {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = FieldVisitor::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let mut map = fields.into_map(logrus_level(meta.level()), meta.target());
+        match &self.sink {
+            Sink::Queue { tx, dropped } => {
+                let lost = dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    map.insert("dropped_lines".into(), lost.into());
+                }
+                let line = to_line(map);
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(line) {
+                    dropped.fetch_add(1 + lost, Ordering::Relaxed);
+                }
+            }
+            Sink::Direct => {
+                let _ = std::io::stderr().write_all(to_line(map).as_bytes());
+            }
+        }
+    }
+}
+
+fn to_line(map: Map<String, Value>) -> String {
+    let mut line = Value::Object(map).to_string();
+    line.push('\n');
+    line
+}
+
+/// Collects an event's fields; `message` becomes `msg`.
+#[derive(Default)]
+struct FieldVisitor {
+    msg: String,
+    fields: Vec<(String, Value)>,
+}
+
+impl FieldVisitor {
+    fn into_map(self, level: &str, target: &str) -> Map<String, Value> {
+        let mut map = Map::new();
+        map.insert(
+            "time".into(),
+            Value::String(rgcs_init::log::rfc3339_nano(std::time::SystemTime::now())),
+        );
+        map.insert("level".into(), Value::String(level.to_owned()));
+        map.insert("msg".into(), Value::String(self.msg));
+        if !target.starts_with("rgcs_agent") {
+            map.insert("target".into(), Value::String(target.to_owned()));
+        }
+        for (k, v) in self.fields {
+            // logrus' own keys win over fields with the same name
+            if !map.contains_key(&k) {
+                map.insert(k, v);
+            }
+        }
+        map
+    }
+}
+
+impl Visit for FieldVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.msg = value.to_owned();
+        } else {
+            self.fields
+                .push((field.name().to_owned(), Value::String(value.to_owned())));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields.push((field.name().to_owned(), value.into()));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields.push((field.name().to_owned(), value.into()));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields.push((field.name().to_owned(), value.into()));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.fields.push((field.name().to_owned(), value.into()));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // The whole chain, once: "outer: cause: root".
+        let mut text = value.to_string();
+        let mut source = value.source();
+        while let Some(s) = source {
+            let _ = write!(text, ": {s}");
+            source = s.source();
+        }
+        self.fields.push((field.name().to_owned(), Value::String(text)));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.msg = text;
+        } else {
+            self.fields.push((field.name().to_owned(), Value::String(text)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_names() {
+        assert_eq!(level_filter("warning"), LevelFilter::WARN);
+        assert_eq!(level_filter("DEBUG"), LevelFilter::DEBUG);
+        assert_eq!(level_filter("bogus"), LevelFilter::INFO);
+        assert_eq!(logrus_level(&Level::WARN), "warning");
+    }
+
+    #[test]
+    fn line_shape() {
+        let v = FieldVisitor {
+            msg: "hello \"x\"".into(),
+            fields: vec![("msg".into(), 1.into()), ("n".into(), 2.into())],
+        };
+        let line = to_line(v.into_map("info", "rgcs_agent::bridge"));
+        assert!(line.ends_with('\n'));
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["level"], "info");
+        assert_eq!(parsed["msg"], "hello \"x\"");
+        assert_eq!(parsed["n"], 2);
+        assert!(parsed.get("target").is_none());
+        assert!(parsed["time"].as_str().unwrap().ends_with('Z'));
+    }
+}
