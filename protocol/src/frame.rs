@@ -148,10 +148,14 @@ impl FrameDecoder {
 
     /// Appends received bytes.
     ///
-    /// The buffer grows only as far as the current frame needs: a header whose `Size` is out of
-    /// bounds poisons the decoder at the next `next_frame`, before any payload is retained.
+    /// The buffer holds what the caller handed over and not yet returned as frames; once
+    /// `next_frame` has returned `Ok(None)` it holds less than one frame (`< max`). A header whose
+    /// `Size` is out of bounds poisons the decoder at the next `next_frame`, before any payload is
+    /// retained, and a poisoned decoder drops whatever it is given.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        if self.error.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 
     fn peek_header(&self) -> Header {
@@ -268,6 +272,9 @@ mod tests {
                 max: 64
             })
         );
+        assert_eq!(dec.buffered(), 0);
+        // a poisoned decoder does not keep buffering
+        dec.extend(&[0u8; 1000]);
         assert_eq!(dec.buffered(), 0);
     }
 

@@ -15,8 +15,8 @@
 //!
 //! Decoding goes through [`serde_json::Value`] first. Payloads are bounded by the frame limit, and
 //! serde_json's recursion limit (128) bounds the depth, so the extra pass is cheap and safe.
-//! When two keys of one object fold to the same field, the later key in `Value`'s (sorted) order
-//! wins; Go takes the later one in document order. Neither hcsshim side ever sends both spellings.
+//! When two keys of one object fold to the same field, the later one in document order wins, as in
+//! Go (serde_json runs with `preserve_order`, so `Value` objects keep document order).
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess,
@@ -344,6 +344,14 @@ mod tests {
         assert_eq!(o, Outer::default());
         let o: Outer = from_str("{}\n").unwrap();
         assert_eq!(o, Outer::default());
+    }
+
+    #[test]
+    fn later_spelling_wins_like_go() {
+        let o: Outer = from_str(r#"{"containerid":"first","ContainerId":"second"}"#).unwrap();
+        assert_eq!(o.container_id, "second");
+        let o: Outer = from_str(r#"{"ContainerId":"first","CONTAINERID":"second"}"#).unwrap();
+        assert_eq!(o.container_id, "second");
     }
 
     #[test]

@@ -10,12 +10,12 @@
 //!  +--------+--------+----------------+-------------+
 //! ```
 //!
-//! * [`msgid`]: the `Type` bit layout, every message code, the response rule;
-//! * [`frame`]: the header, a bounded incremental decoder and a size-checked encoder;
-//! * [`message`]: typed payloads of every request, response and notification;
-//! * [`hresult`]: the signed HRESULTs of §5;
-//! * [`gojson`]: decoding with Go's `encoding/json` rules (case-insensitive names, null = zero);
-//! * [`jsonstr`]: JSON documents carried inside JSON strings;
+//! * [`msgid`] — the `Type` bit layout, every message code, the response rule;
+//! * [`frame`] — the header, a bounded incremental decoder and a size-checked encoder;
+//! * [`message`] — typed payloads of every request, response and notification;
+//! * [`hresult`] — the signed HRESULTs of §5;
+//! * [`gojson`] — decoding with Go's `encoding/json` rules (case-insensitive names, null = zero);
+//! * [`jsonstr`] — JSON documents carried inside JSON strings;
 //! * `io` (feature `tokio`): `read_frame` / `write_frame`.
 //!
 //! The crate does no I/O without the `tokio` feature and contains no `unsafe`.
@@ -34,4 +34,5 @@ pub mod msgid;
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameError, Header, HEADER_LEN};
 pub use hresult::HResult;
 pub use jsonstr::JsonString;
+pub use message::{Request, RequestBase, ResponseBase};
 pub use msgid::MessageId;

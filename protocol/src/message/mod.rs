@@ -6,18 +6,45 @@
 //! `MessageBase` does.
 
 pub mod base;
+pub mod container;
+pub mod metrics;
+pub mod modify;
 pub mod negotiate;
 pub mod notification;
+mod omit;
+pub mod process;
+pub mod properties;
+pub mod resources;
+pub mod stacks;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use self::base::{Empty, ErrorRecord, RequestBase, ResponseBase, NULL_ACTIVITY_ID, UVM_CONTAINER_ID};
+pub use self::container::{
+    ConfigError, ContainerConfig, ContainerCreate, ContainerCreateResponse, ProtocolSupport,
+};
+pub use self::metrics::Metrics;
+pub use self::modify::{resource_type, ModificationRequest, ModifySettingsRequest, RequestType, Resource};
 pub use self::negotiate::{
     GcsCapabilities, GuestDefinedCapabilities, NegotiateProtocolRequest, NegotiateProtocolResponse,
     SchemaVersion, PROTOCOL_VERSION,
 };
 pub use self::notification::{ActiveOperation, ContainerNotification, NotificationType};
+pub use self::process::{
+    ExecuteProcessRequest, ExecuteProcessResponse, ExecuteProcessSettings, ProcessParameters,
+    ResizeConsoleRequest, SignalProcessOptions, SignalProcessRequest, VsockStdioRelaySettings,
+    WaitForProcessRequest, WaitForProcessResponse, SIGKILL,
+};
+pub use self::properties::{
+    GetPropertiesRequest, GetPropertiesResponse, ProcessDetails, Properties, PropertyQuery, PropertyType,
+};
+pub use self::resources::{
+    CombinedLayers, ConfidentialOptions, ContainerConstraints, DeviceVerityInfo, IpConfig, Layer,
+    MappedDirectory, MappedVirtualDisk, NetworkAdapter, Route, ScsiDevice, SecurityPolicyFragment,
+    VpMemDevice, VpMemMappingInfo, VpciDevice,
+};
+pub use self::stacks::DumpStacksResponse;
 use crate::frame::{encode_frame, FrameError, DEFAULT_MAX_HOST_TO_GUEST, MAX_GUEST_TO_HOST};
 use crate::gojson;
 use crate::msgid::MessageId;
@@ -27,12 +54,26 @@ use crate::msgid::MessageId;
 pub enum Request {
     /// `NegotiateProtocol` (§4.4).
     NegotiateProtocol(NegotiateProtocolRequest),
+    /// `Create` (§4.5).
+    Create(Box<ContainerCreate>),
     /// `Start` (§4.6): base only.
     Start,
+    /// `ExecuteProcess` (§4.7).
+    ExecuteProcess(Box<ExecuteProcessRequest>),
+    /// `WaitForProcess` (§4.8).
+    WaitForProcess(WaitForProcessRequest),
+    /// `SignalProcess` (§4.9).
+    SignalProcess(SignalProcessRequest),
+    /// `ResizeConsole` (§4.10).
+    ResizeConsole(ResizeConsoleRequest),
     /// `ShutdownGraceful` (§4.11): base only.
     ShutdownGraceful,
     /// `ShutdownForced` (§4.11): base only.
     ShutdownForced,
+    /// `GetProperties` (§4.12).
+    GetProperties(GetPropertiesRequest),
+    /// `ModifySettings` (§4.13, §4.14).
+    ModifySettings(Box<ModifySettingsRequest>),
     /// `DumpStacks` (§4.15): base only.
     DumpStacks,
     /// `DeleteContainerState` (§4.16): base only.
@@ -47,7 +88,14 @@ impl Request {
     pub fn decode(message: MessageId, payload: &[u8]) -> Result<Self, gojson::Error> {
         Ok(match message {
             MessageId::NEGOTIATE_PROTOCOL => Self::NegotiateProtocol(gojson::from_slice(payload)?),
+            MessageId::CREATE => Self::Create(Box::new(gojson::from_slice(payload)?)),
             MessageId::START => Self::Start,
+            MessageId::EXECUTE_PROCESS => Self::ExecuteProcess(Box::new(gojson::from_slice(payload)?)),
+            MessageId::WAIT_FOR_PROCESS => Self::WaitForProcess(gojson::from_slice(payload)?),
+            MessageId::SIGNAL_PROCESS => Self::SignalProcess(gojson::from_slice(payload)?),
+            MessageId::RESIZE_CONSOLE => Self::ResizeConsole(gojson::from_slice(payload)?),
+            MessageId::GET_PROPERTIES => Self::GetProperties(gojson::from_slice(payload)?),
+            MessageId::MODIFY_SETTINGS => Self::ModifySettings(Box::new(gojson::from_slice(payload)?)),
             MessageId::SHUTDOWN_GRACEFUL => Self::ShutdownGraceful,
             MessageId::SHUTDOWN_FORCED => Self::ShutdownForced,
             MessageId::DUMP_STACKS => Self::DumpStacks,

@@ -40,15 +40,16 @@ pub struct NegotiateProtocolResponse {
     pub capabilities: GcsCapabilities,
 }
 
-/// A schema version `{Major, Minor}`.
+/// A schema version `{Major, Minor}`; both `omitempty` in hcsshim (guest `prot.SchemaVersion`,
+/// host `hcsschema.Version`), so 2.0 is `{"Major":2}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SchemaVersion {
     /// Major version.
-    #[serde(rename = "Major")]
+    #[serde(rename = "Major", skip_serializing_if = "super::omit::is_zero")]
     pub major: u32,
     /// Minor version.
-    #[serde(rename = "Minor")]
+    #[serde(rename = "Minor", skip_serializing_if = "super::omit::is_zero")]
     pub minor: u32,
 }
 
