@@ -4,9 +4,12 @@
 //! This module owns the order of the boot steps, their timing and logging, and what is fatal. The
 //! steps themselves live in their own modules. Order (GCS-PROTOCOL §6.1, adapted):
 //!
-//! 1. record the boot clock; 2. early mounts ([`crate::mounts`]); 3. `RLIMIT_NOFILE`;
-//! 4. cgroups; 5. `lo` up; 6. early kernel modules (virtio, vsock); 7. dial the port-109 log stream;
-//! 8. entropy from port 1; 9. fork + exec the agent; 10. supervise it; 11. power off.
+//! Before the agent: record the boot clock, early mounts ([`crate::mounts`]), `RLIMIT_NOFILE`,
+//! early kernel modules (virtio, vsock), dial the port-109 log stream, fork + exec the agent.
+//! Then, while the agent starts and dials the bridge: entropy from port 1, cgroups, `lo` up, write
+//! [`SETUP_DONE`]; supervise the agent; power off.
+//!
+//! Readiness is `/init` → bridge negotiated, so only what the bridge needs comes before the agent.
 //!
 //! Fatal (kernel log, then power off): a failed `/dev`, `/proc` or `/sys` mount, a required early
 //! module that fails or an unreadable module list, and any failure to start the agent. Everything
@@ -68,32 +71,6 @@ pub fn main(args: Vec<OsString>) -> ! {
         Err(e) => log.emit(warn("open file limit not set", "rlimit", &e)),
     }
 
-    let (res, took) = timed(|| cgroups::setup(root));
-    match res {
-        Ok(report) => {
-            for refused in &report.refused {
-                log.emit(
-                    warn("cgroup controller refused", "cgroups", &refused.error)
-                        .field("controller", refused.name.as_str()),
-                );
-            }
-            let mut line = step("cgroups ready", "cgroups", took)
-                .field("version", report.version.as_str())
-                .field("controllers", report.controllers.clone());
-            if let Some(reason) = &report.fallback {
-                line.set_field("fallback_reason", reason.to_string());
-            }
-            log.emit(line);
-        }
-        Err(e) => log.emit(error("cgroup setup failed", "cgroups", &e)),
-    }
-
-    let (res, took) = timed(net::loopback_up);
-    match res {
-        Ok(changed) => log.emit(step("loopback up", "loopback", took).field("changed", changed)),
-        Err(e) => log.emit(warn("loopback not brought up", "loopback", &e)),
-    }
-
     let (res, took) = timed(|| modules::load(modules::Phase::Early));
     match res {
         Ok(report) if !report.list_found => log.emit(
@@ -132,12 +109,6 @@ pub fn main(args: Vec<OsString>) -> ! {
         }
     }
 
-    let (res, took) = timed(entropy::seed_from_host);
-    match res {
-        Ok(bytes) => log.emit(step("entropy seeded", "entropy", took).field("bytes", bytes)),
-        Err(e) => log.emit(warn("entropy not seeded", "entropy", &e)),
-    }
-
     let spawn_start = time::boottime();
     let start_ns = time::as_nanos_u64(start);
     // Block before forking so that no SIGCHLD or shutdown signal can be lost in between.
@@ -162,6 +133,44 @@ pub fn main(args: Vec<OsString>) -> ! {
             .field("duration_ms", time::as_millis_f64(time::since(start))),
     );
 
+    // Not needed by the bridge: done while the agent starts and dials (the entropy read mostly
+    // waits on the host). The agent's storage and container paths wait for SETUP_DONE.
+    let (res, took) = timed(entropy::seed_from_host);
+    match res {
+        Ok(bytes) => log.emit(step("entropy seeded", "entropy", took).field("bytes", bytes)),
+        Err(e) => log.emit(warn("entropy not seeded", "entropy", &e)),
+    }
+
+    let (res, took) = timed(|| cgroups::setup(root));
+    match res {
+        Ok(report) => {
+            for refused in &report.refused {
+                log.emit(
+                    warn("cgroup controller refused", "cgroups", &refused.error)
+                        .field("controller", refused.name.as_str()),
+                );
+            }
+            let mut line = step("cgroups ready", "cgroups", took)
+                .field("version", report.version.as_str())
+                .field("controllers", report.controllers.clone());
+            if let Some(reason) = &report.fallback {
+                line.set_field("fallback_reason", reason.to_string());
+            }
+            log.emit(line);
+        }
+        Err(e) => log.emit(error("cgroup setup failed", "cgroups", &e)),
+    }
+
+    let (res, took) = timed(net::loopback_up);
+    match res {
+        Ok(changed) => log.emit(step("loopback up", "loopback", took).field("changed", changed)),
+        Err(e) => log.emit(warn("loopback not brought up", "loopback", &e)),
+    }
+
+    if let Err(e) = mark_setup_done() {
+        log.emit(warn("cannot write the setup marker", "setup_done", &e).field("path", SETUP_DONE));
+    }
+
     match supervisor::supervise(pid, &mut |line| log.emit(line)) {
         Ok(exit) => {
             let level = if exit.status.code() == 0 {
@@ -183,6 +192,15 @@ pub fn main(args: Vec<OsString>) -> ! {
         Err(e) => log.emit_everywhere(error("lost track of the agent", "supervise", &e)),
     }
     poweroff::power_off()
+}
+
+/// Written by PID 1 once the steps it runs after starting the agent (entropy, cgroups, loopback)
+/// are done; the agent waits for it before it creates containers or mounts storage.
+pub const SETUP_DONE: &str = "/run/rgcs/init-setup-done";
+
+fn mark_setup_done() -> std::io::Result<()> {
+    std::fs::create_dir_all("/run/rgcs")?;
+    std::fs::write(SETUP_DONE, b"")
 }
 
 /// Runs `f`, returning its result and how long it took on the boot clock.
