@@ -402,21 +402,9 @@ fn is_dynamic_elf(data: &[u8]) -> bool {
     if !data.starts_with(b"\x7fELF") || data.get(4) != Some(&2) || data.get(5) != Some(&1) {
         return false;
     }
-    let u16_at = |o: usize| {
-        data.get(o..o + 2)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_le_bytes)
-    };
-    let u32_at = |o: usize| {
-        data.get(o..o + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
-    let u64_at = |o: usize| {
-        data.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let u16_at = |o: usize| kernel::le_u16(data, o);
+    let u32_at = |o: usize| kernel::le_u32(data, o);
+    let u64_at = |o: usize| kernel::le_u64(data, o);
     let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
         return false;
     };

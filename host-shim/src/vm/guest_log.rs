@@ -133,10 +133,42 @@ impl GuestLogRecord {
     }
 }
 
+/// Guest lines re-emitted as host events per second at most; the rest are kept and broadcast but
+/// only counted in the host log (a guest can write as fast as it likes; the host log must not
+/// drown: STYLE's rule for guest-triggered log paths).
+pub const MAX_EMITTED_PER_SEC: u32 = 200;
+
+#[derive(Debug)]
+struct RateLimit {
+    window: std::time::Instant,
+    emitted: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// Whether to emit now; reports lines suppressed in the previous window when one ends.
+    fn admit(&mut self, now: std::time::Instant) -> (bool, u64) {
+        let mut reported = 0;
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            reported = std::mem::take(&mut self.suppressed);
+            self.window = now;
+            self.emitted = 0;
+        }
+        if self.emitted < MAX_EMITTED_PER_SEC {
+            self.emitted += 1;
+            (true, reported)
+        } else {
+            self.suppressed += 1;
+            (false, reported)
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     tx: broadcast::Sender<GuestLogRecord>,
     recent: Mutex<VecDeque<GuestLogRecord>>,
+    limit: Mutex<RateLimit>,
     capacity: usize,
 }
 
@@ -154,6 +186,11 @@ impl GuestLogs {
             shared: Arc::new(Shared {
                 tx,
                 recent: Mutex::new(VecDeque::new()),
+                limit: Mutex::new(RateLimit {
+                    window: std::time::Instant::now(),
+                    emitted: 0,
+                    suppressed: 0,
+                }),
                 capacity,
             }),
         }
@@ -197,9 +234,24 @@ impl GuestLogs {
         tokio::time::timeout(timeout, fut).await.ok().flatten()
     }
 
-    /// Emits, keeps and broadcasts one record.
+    /// Emits (rate-limited), keeps and broadcasts one record.
     pub fn publish(&self, record: GuestLogRecord) {
-        record.emit();
+        let (emit, suppressed) = self
+            .shared
+            .limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(std::time::Instant::now());
+        if suppressed > 0 {
+            tracing::warn!(
+                source = "guest",
+                suppressed,
+                "guest log lines not re-emitted (rate limit)"
+            );
+        }
+        if emit {
+            record.emit();
+        }
         {
             let mut recent = self.shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
             if recent.len() >= self.shared.capacity {
@@ -338,5 +390,43 @@ mod tests {
             .wait_for(Duration::from_millis(10), |r| r.msg == "absent")
             .await
             .is_none());
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn rate_limit_admits_a_window_then_counts() {
+        let t0 = Instant::now();
+        let mut rl = RateLimit {
+            window: t0,
+            emitted: 0,
+            suppressed: 0,
+        };
+        for _ in 0..MAX_EMITTED_PER_SEC {
+            assert_eq!(rl.admit(t0), (true, 0));
+        }
+        assert_eq!(rl.admit(t0), (false, 0));
+        assert_eq!(rl.admit(t0), (false, 0));
+        // next window: the two suppressed lines are reported once
+        assert_eq!(rl.admit(t0 + Duration::from_secs(1)), (true, 2));
+        assert_eq!(rl.admit(t0 + Duration::from_secs(1)), (true, 0));
+    }
+
+    #[tokio::test]
+    async fn flood_is_kept_and_broadcast_but_bounded() {
+        let logs = GuestLogs::new(10);
+        for i in 0..1000 {
+            logs.publish(GuestLogRecord::parse(&format!(
+                r#"{{"level":"info","msg":"m{i}"}}"#
+            )));
+        }
+        let snap = logs.snapshot();
+        assert_eq!(snap.len(), 10);
+        assert_eq!(snap.last().map(|r| r.msg.as_str()), Some("m999"));
     }
 }

@@ -44,9 +44,18 @@ impl RunDir {
     pub fn create(parent: &Path) -> Result<Self, RunDirError> {
         let candidate = parent.join("rgcs-XXXXXX");
         Self::check(&candidate)?;
+        sweep_stale(parent);
         let path = nix::unistd::mkdtemp(&candidate).map_err(|e| RunDirError::Create {
             parent: parent.into(),
             source: e.into(),
+        })?;
+        // Who owns it: a later run removes the directory if this process died without cleaning
+        // up (SIGKILL), see `sweep_stale`.
+        fs::write(path.join(OWNER_FILE), std::process::id().to_string()).map_err(|source| {
+            RunDirError::Create {
+                parent: parent.into(),
+                source,
+            }
         })?;
         Ok(Self { path, owned: true })
     }
@@ -112,6 +121,7 @@ impl RunDir {
         self.owned = false;
         if std::env::var_os(ENV_KEEP_RUNDIR).is_some_and(|v| !v.is_empty()) {
             remove_sockets(&self.path);
+            let _ = fs::write(self.path.join(KEPT_FILE), b"");
             tracing::info!(path = %self.path.display(), "keeping the run directory ({ENV_KEEP_RUNDIR} is set)");
             return;
         }
@@ -129,6 +139,37 @@ impl Drop for RunDir {
     }
 }
 
+/// File in a run directory holding the owning host process's PID.
+const OWNER_FILE: &str = "owner.pid";
+/// Marker of a directory kept on purpose (`RGCS_KEEP_RUNDIR`): never swept.
+const KEPT_FILE: &str = "kept";
+
+/// Removes `rgcs-*` run directories under `parent` whose owner process is gone (a host killed
+/// with SIGKILL cannot clean up; its QEMU and backend died with it through PDEATHSIG).
+fn sweep_stale(parent: &Path) {
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("rgcs-") && n.len() == 11);
+        if !is_ours || !entry.file_type().is_ok_and(|t| t.is_dir()) || path.join(KEPT_FILE).exists() {
+            continue;
+        }
+        let Some(pid) = fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            tracing::info!(path = %path.display(), owner = pid, "removing a stale run directory");
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn remove_sockets(dir: &Path) {
     use std::os::unix::fs::FileTypeExt;
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -140,6 +181,28 @@ fn remove_sockets(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stale_run_dirs_of_dead_owners_are_swept_live_and_kept_ones_stay() {
+        let parent = tempfile::tempdir().unwrap();
+        let dead = parent.path().join("rgcs-dead00");
+        let live = parent.path().join("rgcs-live00");
+        let kept = parent.path().join("rgcs-kept00");
+        let other = parent.path().join("unrelated");
+        for d in [&dead, &live, &kept, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        // a pid that cannot exist (above pid_max)
+        std::fs::write(dead.join(OWNER_FILE), "999999999").unwrap();
+        std::fs::write(live.join(OWNER_FILE), std::process::id().to_string()).unwrap();
+        std::fs::write(kept.join(OWNER_FILE), "999999999").unwrap();
+        std::fs::write(kept.join(KEPT_FILE), "").unwrap();
+        std::fs::write(other.join(OWNER_FILE), "999999999").unwrap();
+        let rd = RunDir::create(parent.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists() && kept.exists() && other.exists());
+        assert!(rd.path().join(OWNER_FILE).exists());
+    }
+
     use super::*;
 
     #[test]
