@@ -113,7 +113,7 @@ fn process_parameters() -> impl Strategy<Value = ProcessParameters> {
     (
         (s(), s(), vec(s(), 0..4), s(), s(), btree_map(s(), s(), 0..4)),
         vec(any::<bool>(), 9),
-        vec(any::<u16>(), 0..3),
+        vec(any::<i32>(), 0..3),
         option::of(oci_process()),
         option::of(s().prop_map(|v| json!({ "hostname": v }))),
     )

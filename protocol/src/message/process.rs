@@ -89,9 +89,10 @@ pub struct ProcessParameters {
     /// Dial the stderr port.
     #[serde(rename = "CreateStdErrPipe", skip_serializing_if = "is_false")]
     pub create_std_err_pipe: bool,
-    /// `[height, width]`; ignored by Linux.
+    /// `[height, width]`; ignored by Linux. hcsschema types it `[]int32`: decoding it narrower
+    /// would fail requests the Go guest accepts.
     #[serde(rename = "ConsoleSize", skip_serializing_if = "Vec::is_empty")]
-    pub console_size: Vec<u16>,
+    pub console_size: Vec<i32>,
     /// Run in the UVM rather than the container (old hosts spelled it `CreateInUtilityVm`; the
     /// decoder matches names case-insensitively).
     #[serde(rename = "CreateInUtilityVM", skip_serializing_if = "is_false")]

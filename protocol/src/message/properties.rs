@@ -11,9 +11,20 @@ use crate::jsonstr::JsonString;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GetPropertiesRequest {
-    /// What to report, JSON in a string.
-    #[serde(rename = "Query")]
+    /// What to report, JSON in a string. An empty string means the default query, as in the Go
+    /// guest, which decodes `Query` only when it is non-empty.
+    #[serde(rename = "Query", deserialize_with = "empty_query_is_default")]
     pub query: JsonString<PropertyQuery>,
+}
+
+fn empty_query_is_default<'de, D: Deserializer<'de>>(d: D) -> Result<JsonString<PropertyQuery>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(JsonString::default());
+    }
+    crate::gojson::from_str(&text)
+        .map(JsonString)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The decoded `Query` (schema1 `PropertyQuery`, or the V2 one with `Queries`).
@@ -151,6 +162,13 @@ pub struct ProcessDetails {
 mod tests {
     use super::*;
     use crate::gojson;
+
+    #[test]
+    fn empty_query_is_the_default_query() {
+        let r: GetPropertiesRequest = crate::gojson::from_str(r#"{"Query":""}"#).unwrap();
+        assert_eq!(r.query.0, PropertyQuery::default());
+        assert!(crate::gojson::from_str::<GetPropertiesRequest>(r#"{"Query":"{"}"#).is_err());
+    }
 
     #[test]
     fn unknown_property_types_are_kept() {
