@@ -87,9 +87,16 @@ impl BridgeClient {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
         let (note_tx, note_rx) = mpsc::unbounded_channel();
+        let (reader_done_tx, mut reader_done) = oneshot::channel::<()>();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let writer = tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
+            loop {
+                let frame = tokio::select! {
+                    frame = out_rx.recv() => frame,
+                    // The reader stopped, so the connection is over: dropping `wr` closes it.
+                    _ = &mut reader_done => None,
+                };
+                let Some(frame) = frame else { return };
                 if let Err(e) = write_frame(&mut wr, &frame).await {
                     tracing::warn!(error = %e, "bridge write failed");
                     return;
@@ -110,7 +117,8 @@ impl BridgeClient {
                         Ok(n) => {
                             let _ = note_tx.send(n);
                         }
-                        Err(e) => break format!("bad notification from the guest: {e}"),
+                        // hcsshim decodes the type as a free string: an unknown one is not fatal.
+                        Err(e) => tracing::warn!(error = %e, "undecodable notification from the guest"),
                     },
                     Kind::Response => {
                         let waiter = pending_rd
@@ -132,6 +140,7 @@ impl BridgeClient {
             if let Ok(mut p) = pending_rd.lock() {
                 p.take();
             }
+            let _ = reader_done_tx.send(());
         });
         Self {
             out,
@@ -180,16 +189,7 @@ impl BridgeClient {
         let frame = self
             .call_raw(message, &RequestBase::new(container_id), body)
             .await?;
-        let what = message.name().unwrap_or("unknown");
-        let (base, body): (ResponseBase, R) =
-            decode_response(&frame.payload).map_err(|source| ClientError::Decode { what, source })?;
-        if !base.result.is_success() {
-            return Err(ClientError::Guest {
-                result: base.result,
-                message: base.error_message,
-            });
-        }
-        Ok(body)
+        decode_checked(message.name().unwrap_or("unknown"), &frame.payload)
     }
 
     /// Sends a request without waiting for an answer (Shutdown on the UVM: the VM powers off first).
@@ -201,6 +201,14 @@ impl BridgeClient {
     ) -> Result<(), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = encode_request(message, id, &RequestBase::new(container_id), body)?;
+        // Register the id with a receiver nobody awaits: an answer, if one comes, is accepted
+        // and dropped instead of being taken for a response with an unknown id.
+        let (tx, _ignored) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            if let Some(map) = p.as_mut() {
+                map.insert(id, tx);
+            }
+        }
         self.out
             .send(bytes)
             .await
@@ -216,16 +224,13 @@ impl BridgeClient {
         let frame = self
             .call_raw(MessageId::NEGOTIATE_PROTOCOL, &RequestBase::new(""), &body)
             .await?;
-        let (base, resp): (ResponseBase, NegotiateProtocolResponse) = decode_response(&frame.payload)
-            .map_err(|source| ClientError::Decode {
-                what: "NegotiateProtocol",
-                source,
-            })?;
-        if !base.result.is_success() {
-            return Err(ClientError::Guest {
-                result: base.result,
-                message: base.error_message,
-            });
+        let resp: NegotiateProtocolResponse = decode_checked("NegotiateProtocol", &frame.payload)?;
+        // hcsshim treats an empty RuntimeOsType as Windows and would then drive a Linux guest wrongly.
+        if !resp.capabilities.runtime_os_type.eq_ignore_ascii_case("linux") {
+            return Err(ClientError::Disconnected(format!(
+                "guest runtime OS type is {:?}, not Linux",
+                resp.capabilities.runtime_os_type
+            )));
         }
         if resp.version != PROTOCOL_VERSION {
             return Err(ClientError::Disconnected(format!(
@@ -269,6 +274,21 @@ impl BridgeClient {
     pub fn is_connected(&self) -> bool {
         !self.reader.is_finished()
     }
+}
+
+/// Decodes a response: the base first, and any non-zero `Result` is a failure (hcsshim's rule),
+/// before the body is looked at.
+fn decode_checked<R: DeserializeOwned>(what: &'static str, payload: &[u8]) -> Result<R, ClientError> {
+    let (base, Empty {}) = decode_response(payload).map_err(|source| ClientError::Decode { what, source })?;
+    if base.result != HResult::S_OK {
+        return Err(ClientError::Guest {
+            result: base.result,
+            message: base.error_message,
+        });
+    }
+    let (_, body): (ResponseBase, R) =
+        decode_response(payload).map_err(|source| ClientError::Decode { what, source })?;
+    Ok(body)
 }
 
 fn source_text(e: &dyn std::error::Error) -> String {
