@@ -62,7 +62,7 @@ pub enum EntropyError {
 /// of bytes credited.
 pub fn seed_from_host() -> Result<usize, EntropyError> {
     let port = vsock::ENTROPY_PORT;
-    let sock = vsock::connect(port).map_err(|source| EntropyError::Connect { port, source })?;
+    let sock = vsock::connect_once(port).map_err(|source| EntropyError::Connect { port, source })?;
     // Best effort: without the timeout the read is still bounded in size, just not in time.
     let _ = setsockopt(
         &sock,

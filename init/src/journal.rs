@@ -4,6 +4,12 @@
 //! socket exists (the early steps run before vsock is loaded), then written to the socket as JSON, or
 //! to `/dev/kmsg` if there is no socket or it stops accepting data. Writes to the socket never block
 //! PID 1 for longer than [`SEND_TIMEOUT`]: a host that stops reading costs log lines, not the VM.
+//!
+//! **One writer per stream.** While the agent runs it owns the socket (it is its stderr): two
+//! writers could interleave or cut lines, and hcsshim's host stops parsing the log stream at the
+//! first broken JSON object. So, from the agent's start to its exit, init's lines go through a pipe
+//! that the agent relays into its own log queue ([`Journal::relay_through`]); each line is one
+//! atomic pipe write (at most `PIPE_BUF` bytes) or, if it cannot be, goes to `/dev/kmsg`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -26,8 +32,16 @@ const MAX_PENDING: usize = 256;
 enum Sink {
     Buffer,
     Socket(OwnedFd),
+    /// The agent runs: lines go to `pipe`, which it relays; `socket` is kept for after it exits.
+    Relay {
+        pipe: OwnedFd,
+        socket: Option<OwnedFd>,
+    },
     Kmsg,
 }
+
+/// Largest write the kernel keeps atomic on a pipe.
+const PIPE_BUF: usize = libc::PIPE_BUF;
 
 /// PID 1's log destination (see the module docs).
 pub(crate) struct Journal {
@@ -68,7 +82,38 @@ impl Journal {
                     self.to_kmsg(&line);
                 }
             }
+            Sink::Relay { pipe, .. } => {
+                let json = line.to_json();
+                let written = json.len() <= PIPE_BUF
+                    && matches!(nix::unistd::write(pipe.as_fd(), json.as_bytes()), Ok(n) if n == json.len());
+                if !written {
+                    // pipe full (the agent is not relaying), broken, or the line too long to be atomic
+                    self.to_kmsg(&line);
+                }
+            }
             Sink::Kmsg => self.to_kmsg(&line),
+        }
+    }
+
+    /// While the agent runs, sends lines to `pipe` (the write end of the pipe the agent relays;
+    /// it must be non-blocking) instead of the socket, which the agent then writes alone.
+    pub(crate) fn relay_through(&mut self, pipe: OwnedFd) {
+        let socket = match std::mem::replace(&mut self.sink, Sink::Kmsg) {
+            Sink::Socket(sock) => Some(sock),
+            Sink::Relay { socket, .. } => socket,
+            Sink::Buffer | Sink::Kmsg => None,
+        };
+        self.sink = Sink::Relay { pipe, socket };
+        self.flush();
+    }
+
+    /// The agent exited: init is the only writer again; back to the socket (or kmsg).
+    pub(crate) fn end_relay(&mut self) {
+        if let Sink::Relay {
+            socket: Some(sock), ..
+        } = std::mem::replace(&mut self.sink, Sink::Kmsg)
+        {
+            self.sink = Sink::Socket(sock);
         }
     }
 
@@ -78,7 +123,7 @@ impl Journal {
         if matches!(self.sink, Sink::Buffer) {
             self.use_kmsg();
         }
-        if matches!(self.sink, Sink::Socket(_)) {
+        if matches!(self.sink, Sink::Socket(_) | Sink::Relay { .. }) {
             self.emit(line.clone());
         }
         self.to_kmsg(&line);
@@ -99,7 +144,10 @@ impl Journal {
     /// The log socket, while it is the destination.
     pub(crate) fn socket(&self) -> Option<BorrowedFd<'_>> {
         match &self.sink {
-            Sink::Socket(sock) => Some(sock.as_fd()),
+            Sink::Socket(sock)
+            | Sink::Relay {
+                socket: Some(sock), ..
+            } => Some(sock.as_fd()),
             _ => None,
         }
     }
@@ -165,6 +213,35 @@ mod tests {
 
     fn kmsg_text(dir: &TempDir) -> String {
         std::fs::read_to_string(dir.path().join("kmsg")).expect("read kmsg")
+    }
+
+    #[test]
+    fn relays_through_the_pipe_while_the_agent_runs_then_back_to_the_socket() {
+        use nix::fcntl::OFlag;
+        let (dir, mut j) = journal();
+        let (ours, mut host) = UnixStream::pair().expect("pair");
+        j.attach(OwnedFd::from(ours));
+        j.emit(LogLine::new(Level::Info, "before"));
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).expect("pipe");
+        j.relay_through(w);
+        j.emit(LogLine::new(Level::Info, "during"));
+        // a line too long to be one atomic pipe write goes to kmsg, never half into the pipe
+        j.emit(LogLine::new(Level::Info, "x".repeat(PIPE_BUF)));
+        j.end_relay();
+        j.emit(LogLine::new(Level::Info, "after"));
+        drop(j);
+        let mut piped = String::new();
+        std::fs::File::from(r)
+            .read_to_string(&mut piped)
+            .expect("read pipe");
+        assert_eq!(piped.lines().count(), 1, "{piped}");
+        assert!(piped.contains("\"msg\":\"during\""), "{piped}");
+        let mut sock = String::new();
+        host.read_to_string(&mut sock).expect("read socket");
+        let msgs: Vec<&str> = sock.lines().collect();
+        assert_eq!(msgs.len(), 2, "{sock}");
+        assert!(msgs[0].contains("before") && msgs[1].contains("after"), "{sock}");
+        assert!(kmsg_text(&dir).contains("xxxx"), "the long line went to kmsg");
     }
 
     #[test]

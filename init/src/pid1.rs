@@ -4,10 +4,11 @@
 //! This module owns the order of the boot steps, their timing and logging, and what is fatal. The
 //! steps themselves live in their own modules. Order (GCS-PROTOCOL §6.1, adapted):
 //!
-//! Before the agent: record the boot clock, early mounts ([`crate::mounts`]), `RLIMIT_NOFILE`,
-//! early kernel modules (virtio, vsock), dial the port-109 log stream, fork + exec the agent.
-//! Then, while the agent starts and dials the bridge: entropy from port 1, cgroups, `lo` up, write
-//! [`SETUP_DONE`]; supervise the agent; power off.
+//! Record the boot clock, early mounts ([`crate::mounts`]), `RLIMIT_NOFILE`, early kernel modules
+//! (virtio, vsock), dial the port-109 log stream, fork + exec the agent, supervise it, power off.
+//! The steps the bridge does not need (entropy, cgroups, `lo`, storage modules) are the agent's
+//! late set-up, run once the bridge is negotiated (on one vCPU, running them beside the agent's
+//! start would only take CPU from it).
 //!
 //! Readiness is `/init` → bridge negotiated, so only what the bridge needs comes before the agent.
 //!
@@ -17,17 +18,20 @@
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::pipe2;
 
 use crate::journal::Journal;
 use crate::log::{Level, LogLine};
-use crate::spawn::{AgentCommand, AgentStdio, AGENT_EXE};
-use crate::{cgroups, entropy, modules, mounts, net, poweroff, rlimit, spawn, supervisor, time, vsock};
+use crate::spawn::{AgentCommand, AgentStdio, SpawnError, AGENT_EXE};
+use crate::{modules, mounts, poweroff, rlimit, spawn, supervisor, time, vsock};
+
+pub use crate::spawn::{INIT_LOG_FD, INIT_LOG_FD_ENV};
 
 /// Environment variable carrying init's start time on the boot clock (`CLOCK_BOOTTIME`, in
 /// nanoseconds) to the agent.
@@ -94,7 +98,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         Err(e) => fatal(&mut log, "early modules failed", "modules", &e),
     }
 
-    let (res, took) = timed(|| vsock::connect(vsock::LOG_PORT));
+    let (res, took) = timed(|| vsock::connect_once(vsock::LOG_PORT));
     match res {
         Ok(sock) => {
             log.attach(sock);
@@ -115,8 +119,17 @@ pub fn main(args: Vec<OsString>) -> ! {
     if let Err(e) = supervisor::block_handled() {
         fatal(&mut log, "block signals failed", "spawn", &e);
     }
-    let agent = AgentCommand::new(AGENT_EXE, &args, start_ns).and_then(|cmd| {
-        let stdio = AgentStdio::new(log.socket())?;
+    // While the agent runs it is the only writer of the log socket; init's lines reach it
+    // through this pipe (see `journal`). Without a socket there is nothing to share.
+    let relay = match log.socket() {
+        Some(_) => pipe2(OFlag::O_CLOEXEC).ok(),
+        None => None,
+    };
+    let agent = AgentCommand::new(AGENT_EXE, &args, start_ns, relay.is_some()).and_then(|cmd| {
+        let mut stdio = AgentStdio::new(log.socket())?;
+        if let Some((read_end, _)) = &relay {
+            stdio = stdio.with_init_log(read_end.try_clone().map_err(SpawnError::DupLogSocket)?);
+        }
         let pid = spawn::spawn(&cmd, &stdio)?;
         Ok((pid, stdio.stderr_kind))
     });
@@ -124,6 +137,16 @@ pub fn main(args: Vec<OsString>) -> ! {
         Ok(started) => started,
         Err(e) => fatal(&mut log, "start agent failed", "spawn", &e),
     };
+    if let Some((read_end, write_end)) = relay {
+        drop(read_end);
+        // Never block PID 1 on a full pipe: a line that does not fit goes to /dev/kmsg.
+        let nonblocking = fcntl(write_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        if nonblocking.is_ok() {
+            log.relay_through(write_end);
+        } else {
+            log.use_kmsg();
+        }
+    }
     log.emit(
         LogLine::new(Level::Info, "init ready")
             .field("boottime_ns", start_ns)
@@ -133,45 +156,10 @@ pub fn main(args: Vec<OsString>) -> ! {
             .field("duration_ms", time::as_millis_f64(time::since(start))),
     );
 
-    // Not needed by the bridge: done while the agent starts and dials (the entropy read mostly
-    // waits on the host). The agent's storage and container paths wait for SETUP_DONE.
-    let (res, took) = timed(entropy::seed_from_host);
-    match res {
-        Ok(bytes) => log.emit(step("entropy seeded", "entropy", took).field("bytes", bytes)),
-        Err(e) => log.emit(warn("entropy not seeded", "entropy", &e)),
-    }
-
-    let (res, took) = timed(|| cgroups::setup(root));
-    match res {
-        Ok(report) => {
-            for refused in &report.refused {
-                log.emit(
-                    warn("cgroup controller refused", "cgroups", &refused.error)
-                        .field("controller", refused.name.as_str()),
-                );
-            }
-            let mut line = step("cgroups ready", "cgroups", took)
-                .field("version", report.version.as_str())
-                .field("controllers", report.controllers.clone());
-            if let Some(reason) = &report.fallback {
-                line.set_field("fallback_reason", reason.to_string());
-            }
-            log.emit(line);
-        }
-        Err(e) => log.emit(error("cgroup setup failed", "cgroups", &e)),
-    }
-
-    let (res, took) = timed(net::loopback_up);
-    match res {
-        Ok(changed) => log.emit(step("loopback up", "loopback", took).field("changed", changed)),
-        Err(e) => log.emit(warn("loopback not brought up", "loopback", &e)),
-    }
-
-    if let Err(e) = mark_setup_done() {
-        log.emit(warn("cannot write the setup marker", "setup_done", &e).field("path", SETUP_DONE));
-    }
-
-    match supervisor::supervise(pid, &mut |line| log.emit(line)) {
+    let supervised = supervisor::supervise(pid, &mut |line| log.emit(line));
+    // The agent is gone: init writes the socket alone again.
+    log.end_relay();
+    match supervised {
         Ok(exit) => {
             let level = if exit.status.code() == 0 {
                 Level::Info
@@ -192,15 +180,6 @@ pub fn main(args: Vec<OsString>) -> ! {
         Err(e) => log.emit_everywhere(error("lost track of the agent", "supervise", &e)),
     }
     poweroff::power_off()
-}
-
-/// Written by PID 1 once the steps it runs after starting the agent (entropy, cgroups, loopback)
-/// are done; the agent waits for it before it creates containers or mounts storage.
-pub const SETUP_DONE: &str = "/run/rgcs/init-setup-done";
-
-fn mark_setup_done() -> std::io::Result<()> {
-    std::fs::create_dir_all("/run/rgcs")?;
-    std::fs::write(SETUP_DONE, b"")
 }
 
 /// Runs `f`, returning its result and how long it took on the boot clock.

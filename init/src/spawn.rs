@@ -28,6 +28,11 @@ pub(crate) const AGENT_EXE: &str = "/proc/self/exe";
 pub(crate) const AGENT_ARGV0: &str = "gcs";
 /// The agent's `PATH`.
 pub(crate) const AGENT_PATH: &str = "/sbin:/usr/sbin:/bin:/usr/bin";
+/// The agent's descriptor carrying init's log lines while it runs (see `journal`).
+pub const INIT_LOG_FD: RawFd = 3;
+/// Environment variable telling the agent that [`INIT_LOG_FD`] is init's log pipe.
+pub const INIT_LOG_FD_ENV: &str = "RGCS_INIT_LOG_FD";
+
 /// Exit status of a child whose `execve` failed (the shell's "command not found").
 pub(crate) const EXEC_FAILED: i32 = 127;
 
@@ -61,19 +66,27 @@ pub(crate) struct AgentCommand {
 }
 
 impl AgentCommand {
-    /// `exe` with `argv = [AGENT_ARGV0, args…]` and exactly the environment `PATH` and
-    /// `RGCS_INIT_BOOTTIME_NS=<boottime_ns>`.
-    pub(crate) fn new(exe: &str, args: &[OsString], boottime_ns: u64) -> Result<Self, SpawnError> {
+    /// `exe` with `argv = [AGENT_ARGV0, args…]` and exactly the environment `PATH`,
+    /// `RGCS_INIT_BOOTTIME_NS=<boottime_ns>` and, with `init_log`, `RGCS_INIT_LOG_FD=3`.
+    pub(crate) fn new(
+        exe: &str,
+        args: &[OsString],
+        boottime_ns: u64,
+        init_log: bool,
+    ) -> Result<Self, SpawnError> {
         let cstr = |bytes: &[u8], index| CString::new(bytes).map_err(|_| SpawnError::NulInArgument { index });
         let exe = cstr(exe.as_bytes(), 0)?;
         let mut argv = vec![cstr(AGENT_ARGV0.as_bytes(), 0)?];
         for (i, arg) in args.iter().enumerate() {
             argv.push(cstr(arg.as_bytes(), i + 1)?);
         }
-        let envp = vec![
+        let mut envp = vec![
             cstr(format!("PATH={AGENT_PATH}").as_bytes(), 0)?,
             cstr(format!("{BOOTTIME_ENV}={boottime_ns}").as_bytes(), 0)?,
         ];
+        if init_log {
+            envp.push(cstr(format!("{INIT_LOG_FD_ENV}={INIT_LOG_FD}").as_bytes(), 0)?);
+        }
         Ok(AgentCommand { exe, argv, envp })
     }
 }
@@ -84,6 +97,8 @@ pub(crate) struct AgentStdio {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// The read end of init's log pipe, installed as fd 3.
+    init_log: Option<OwnedFd>,
     /// What stderr is, for the log: `log socket`, `/dev/console` or `/dev/null`.
     pub(crate) stderr_kind: &'static str,
 }
@@ -115,8 +130,15 @@ impl AgentStdio {
             stdin,
             stdout,
             stderr,
+            init_log: None,
             stderr_kind,
         })
+    }
+
+    /// Also gives the agent `read_end` as fd [`INIT_LOG_FD`].
+    pub(crate) fn with_init_log(mut self, read_end: OwnedFd) -> Self {
+        self.init_log = Some(read_end);
+        self
     }
 
     /// Arbitrary descriptors (tests).
@@ -126,6 +148,7 @@ impl AgentStdio {
             stdin,
             stdout,
             stderr,
+            init_log: None,
             stderr_kind: "test",
         }
     }
@@ -165,21 +188,25 @@ fn prepare_and_exec(cmd: &AgentCommand, stdio: &AgentStdio) -> Result<Infallible
     // applies.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|e| ("reset SIGPIPE", e))?;
     setsid().map_err(|e| ("setsid", e))?;
-    install_stdio([
+    let mut fds = vec![
         stdio.stdin.as_raw_fd(),
         stdio.stdout.as_raw_fd(),
         stdio.stderr.as_raw_fd(),
-    ])
-    .map_err(|e| ("install stdio", e))?;
+    ];
+    if let Some(log) = &stdio.init_log {
+        fds.push(log.as_raw_fd());
+    }
+    install_stdio(&fds).map_err(|e| ("install stdio", e))?;
     execve(&cmd.exe, &cmd.argv, &cmd.envp).map_err(|e| ("execve", e))
 }
 
-/// Makes `sources[i]` the descriptor `i` (for i in 0..3), without `FD_CLOEXEC`. Every source is first
-/// duplicated above 2, so installing one target can never clobber a source still to be installed.
-fn install_stdio(sources: [RawFd; 3]) -> Result<(), Errno> {
-    let mut high = [0; 3];
-    for (slot, src) in high.iter_mut().zip(sources) {
-        *slot = fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+/// Makes `sources[i]` the descriptor `i`, without `FD_CLOEXEC`. Every source is first duplicated
+/// above the targets, so installing one target can never clobber a source still to be installed.
+fn install_stdio(sources: &[RawFd]) -> Result<(), Errno> {
+    let above = RawFd::try_from(sources.len()).map_err(|_| Errno::EINVAL)?;
+    let mut high = Vec::with_capacity(sources.len());
+    for src in sources {
+        high.push(fcntl(*src, FcntlArg::F_DUPFD_CLOEXEC(above))?);
     }
     for (target, src) in (0..).zip(high) {
         // dup2 clears FD_CLOEXEC on the target; the high copies keep it and vanish at exec.
@@ -205,7 +232,7 @@ mod tests {
     #[test]
     fn command_line_and_environment() {
         let args = ["-v4", "-loglevel", "debug"].map(OsString::from);
-        let cmd = AgentCommand::new(AGENT_EXE, &args, 123_456_789).expect("valid");
+        let cmd = AgentCommand::new(AGENT_EXE, &args, 123_456_789, true).expect("valid");
         assert_eq!(cmd.exe.as_bytes(), b"/proc/self/exe");
         let argv: Vec<_> = cmd.argv.iter().map(|c| c.to_str().unwrap_or("")).collect();
         assert_eq!(argv, ["gcs", "-v4", "-loglevel", "debug"]);
@@ -214,12 +241,13 @@ mod tests {
             envp,
             [
                 "PATH=/sbin:/usr/sbin:/bin:/usr/bin",
-                "RGCS_INIT_BOOTTIME_NS=123456789"
+                "RGCS_INIT_BOOTTIME_NS=123456789",
+                "RGCS_INIT_LOG_FD=3"
             ]
         );
         let bad = [OsString::from("ok"), OsString::from("n\0ul")];
         assert!(matches!(
-            AgentCommand::new(AGENT_EXE, &bad, 0),
+            AgentCommand::new(AGENT_EXE, &bad, 0, false),
             Err(SpawnError::NulInArgument { index: 2 })
         ));
     }
@@ -254,7 +282,7 @@ mod tests {
             let stdio = AgentStdio::from_fds(ctx(null(false), "null")?, ctx(null(true), "null")?, wr);
             // `sleep` is exec'd directly, so its /proc entries show exactly what spawn set up.
             let cmd = ctx(
-                AgentCommand::new("/bin/sleep", &[OsString::from("infinity")], 42),
+                AgentCommand::new("/bin/sleep", &[OsString::from("infinity")], 42, false),
                 "command",
             )?;
             let pid = ctx(spawn(&cmd, &stdio), "spawn")?;
@@ -340,7 +368,7 @@ mod tests {
             let (in_rd, in_wr) = ctx(pipe2(OFlag::O_CLOEXEC), "pipe")?;
             let out = ctx(wr.try_clone(), "dup")?;
             let stdio = AgentStdio::from_fds(in_rd, out, wr);
-            let cmd = ctx(AgentCommand::new("/nonexistent/gcs", &[], 0), "command")?;
+            let cmd = ctx(AgentCommand::new("/nonexistent/gcs", &[], 0, false), "command")?;
             let pid = ctx(spawn(&cmd, &stdio), "spawn")?;
             drop((stdio, in_wr));
             let mut err = String::new();
