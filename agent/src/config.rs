@@ -31,6 +31,12 @@ pub struct Config {
     pub redial: bool,
     /// Load the `late` kernel modules in the background once the bridge is up.
     pub late_modules: bool,
+    /// The agent's run directory: libcontainer state in `runtime/`, per-process state in
+    /// `procs/` (`--run-dir`, default `/run/gcs`).
+    pub run_dir: PathBuf,
+    /// Dial stdio "ports" as Unix sockets `DIR/<port>` instead of vsock (`--stdio-unix-dir`,
+    /// for tests without a VM).
+    pub stdio_unix_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             log_level: "info".to_owned(),
             redial: true,
             late_modules: true,
+            run_dir: PathBuf::from("/run/gcs"),
+            stdio_unix_dir: None,
         }
     }
 }
@@ -100,6 +108,8 @@ impl Config {
                 "loglevel" | "log-level" => cfg.log_level = value("log-level")?,
                 "no-redial" => cfg.redial = false,
                 "no-late-modules" => cfg.late_modules = false,
+                "run-dir" => cfg.run_dir = PathBuf::from(value("run-dir")?),
+                "stdio-unix-dir" => cfg.stdio_unix_dir = Some(PathBuf::from(value("stdio-unix-dir")?)),
                 n if IGNORED_WITH_VALUE.contains(&n) => {
                     value(n)?;
                 }
@@ -171,6 +181,9 @@ mod tests {
             Config::parse(["--bridge"]),
             Err(ConfigError::MissingValue(_))
         ));
+        let c = Config::parse(["--run-dir", "/tmp/r", "--stdio-unix-dir=/tmp/s"]).unwrap();
+        assert_eq!(c.run_dir, PathBuf::from("/tmp/r"));
+        assert_eq!(c.stdio_unix_dir, Some(PathBuf::from("/tmp/s")));
         assert!(matches!(Config::parse(["stray"]), Err(ConfigError::Unknown(_))));
         assert!(matches!(
             Config::parse(["--frobnicate"]),

@@ -1,12 +1,16 @@
-//! Request → handler, one arm per message type. Handlers live in their domain modules; this file
-//! holds no logic beyond choosing one.
+//! Request → handler, one arm per message type. Handlers live in their domain modules
+//! (`container`, `process`, `storage`); this file holds no logic beyond choosing one.
 
-use rgcs_protocol::message::{Request, RequestBase};
+use std::sync::Arc;
+
+use rgcs_protocol::message::{Request, RequestBase, Resource};
 use rgcs_protocol::MessageId;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::GcsError;
 use crate::host::Host;
+use crate::{container, process, storage};
 
 /// What a handler asks the connection to do.
 #[derive(Debug)]
@@ -17,12 +21,30 @@ pub enum Outcome {
     PowerOff,
 }
 
+impl Outcome {
+    /// A success with no body fields.
+    pub fn empty() -> Self {
+        Self::Reply(Map::new())
+    }
+
+    /// A success whose body is `body`'s JSON object fields.
+    pub fn body<T: Serialize>(body: &T) -> Result<Self, GcsError> {
+        match serde_json::to_value(body) {
+            Ok(Value::Object(map)) => Ok(Self::Reply(map)),
+            Ok(other) => Err(GcsError::Internal(format!(
+                "response body is not an object: {other}"
+            ))),
+            Err(e) => Err(GcsError::Internal(format!("cannot encode the response: {e}"))),
+        }
+    }
+}
+
 /// Largest DumpStacks text; the frame must stay under 64 KiB with the JSON escaping around it.
 const DUMP_MAX: usize = 48 * 1024;
 
-/// Handles one decoded request (after negotiation).
+/// Handles one request (after negotiation).
 pub async fn dispatch(
-    host: &Host,
+    host: &Arc<Host>,
     message: MessageId,
     base: &RequestBase,
     payload: &[u8],
@@ -32,23 +54,27 @@ pub async fn dispatch(
         source,
     })?;
     match request {
+        Request::Create(req) => container::create(host, base, *req).await,
+        Request::Start => Ok(Outcome::empty()),
+        Request::ExecuteProcess(req) => process::execute(host, base, *req).await,
+        Request::WaitForProcess(req) => process::wait(host, base, req).await,
+        Request::SignalProcess(req) => process::signal(host, base, req).await,
+        Request::ResizeConsole(req) => process::resize(host, base, req).await,
         Request::ShutdownGraceful | Request::ShutdownForced if base.is_uvm() => Ok(Outcome::PowerOff),
-        Request::ShutdownGraceful | Request::ShutdownForced => {
-            Err(GcsError::ContainerNotFound(base.container_id.clone()))
-        }
-        Request::Start => Ok(Outcome::Reply(Map::new())),
-        Request::DumpStacks => {
-            let mut body = Map::new();
-            body.insert("GuestStacks".into(), Value::String(host.dump(DUMP_MAX)));
-            Ok(Outcome::Reply(body))
-        }
-        Request::DeleteContainerState => Err(GcsError::ContainerNotFound(base.container_id.clone())),
+        Request::ShutdownGraceful => container::shutdown(host, base, false).await,
+        Request::ShutdownForced => container::shutdown(host, base, true).await,
+        Request::GetProperties(req) => container::get_properties(host, base, req).await,
+        Request::ModifySettings(req) if base.is_uvm() => storage::modify(host, base, *req).await,
+        Request::ModifySettings(req) => match req.request.resource {
+            Resource::ContainerConstraints(c) => container::update_constraints(host, base, *c).await,
+            other => Err(GcsError::Unsupported(format!(
+                "ResourceType {:?} for containers",
+                other.resource_type()
+            ))),
+        },
+        Request::DumpStacks => Outcome::body(&serde_json::json!({ "GuestStacks": host.dump(DUMP_MAX) })),
+        Request::DeleteContainerState => container::delete_state(host, base).await,
+        Request::NegotiateProtocol(_) => Err(GcsError::NotImplemented(message)),
         Request::NotImplemented(id) => Err(GcsError::NotImplemented(id)),
-        // Negotiation is a connection-level exchange, handled before dispatch; a second one is
-        // refused there. Container, process and storage requests arrive with the executor.
-        #[allow(unreachable_patterns)]
-        _ => Err(GcsError::Unsupported(
-            message.name().unwrap_or("this request").to_owned(),
-        )),
     }
 }

@@ -20,9 +20,60 @@ pub enum GcsError {
     /// No container with this ID.
     #[error("container {0:?} not found")]
     ContainerNotFound(String),
+    /// A container with this ID already exists.
+    #[error("container {0:?} already exists")]
+    ContainerExists(String),
+    /// The container configuration is unusable (schema below 2.1, missing spec, bad JSON).
+    #[error("invalid container configuration for {id:?}: {reason}")]
+    InvalidConfig {
+        /// The container.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The container exists but is not in a state that allows the request (still being
+    /// created, already exited, never started).
+    #[error("container {id:?} is {state}")]
+    InvalidState {
+        /// The container.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// No process with this PID in the container (or in the UVM), or it already exited.
+    #[error("process {0} not found")]
+    ProcessNotFound(u32),
+    /// WaitForProcess timed out.
+    #[error("timed out waiting for process {0}")]
+    WaitTimeout(u32),
+    /// The executor (libcontainer in the zygote) failed; the text is its error chain.
+    #[error("{op} container {id:?}: {message}")]
+    Runtime {
+        /// What was attempted (create, start, exec, ...).
+        op: &'static str,
+        /// The container.
+        id: String,
+        /// The executor's error chain.
+        message: String,
+    },
+    /// A system call or file operation of the agent failed.
+    #[error("{what}")]
+    Io {
+        /// What was attempted, with the identifying data.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The request is valid but this build of rgcs does not support it yet.
     #[error("{0} is not supported by this guest")]
     Unsupported(String),
+    /// A storage request (disk, layer, share, overlay) failed; the source says why.
+    #[error("storage request failed")]
+    Storage(#[from] crate::storage::StorageError),
+    /// An invariant of the agent broke (a bug); the text says which.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl GcsError {
@@ -32,7 +83,23 @@ impl GcsError {
             Self::NotImplemented(_) => HResult::NOT_IMPL,
             Self::InvalidJson { .. } => HResult::INVALID_JSON,
             Self::ContainerNotFound(_) => HResult::SYSTEM_NOT_FOUND,
-            Self::Unsupported(_) => HResult::FAIL,
+            Self::ContainerExists(_) => HResult::SYSTEM_ALREADY_EXISTS,
+            Self::InvalidConfig { .. } => HResult::INVALID_JSON,
+            Self::InvalidState { .. } => HResult::INVALID_STATE,
+            Self::ProcessNotFound(_) => HResult::NOT_FOUND,
+            Self::WaitTimeout(_) => HResult::TIMEOUT,
+            Self::Storage(_) => HResult::FAIL,
+            Self::Runtime { .. } | Self::Io { .. } | Self::Unsupported(_) | Self::Internal(_) => {
+                HResult::FAIL
+            }
+        }
+    }
+
+    /// An [`GcsError::Io`] from an `io::Error` and a description.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
         }
     }
 

@@ -11,11 +11,15 @@
 
 pub mod bridge;
 pub mod config;
+pub mod container;
 pub mod dispatch;
 pub mod error;
 pub mod host;
 pub mod logging;
 pub mod modules;
+pub mod process;
+pub mod reaper;
+pub mod storage;
 pub mod sys;
 
 use std::sync::Arc;
@@ -23,6 +27,9 @@ use std::sync::Arc;
 /// Runs the agent (not PID 1) until the host asks for power-off or, with `--no-redial`, the bridge
 /// drops. Returns the process exit code.
 pub fn run(cfg: config::Config) -> i32 {
+    // The zygote must be forked while this process still has one thread: before logging (which
+    // starts a thread) and before the runtime. In the zygote, `start` never returns.
+    let zygote = container::runtime::start(&cfg.run_dir.join("runtime"));
     logging::install(logging::level_filter(&cfg.log_level));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -40,9 +47,38 @@ pub fn run(cfg: config::Config) -> i32 {
     } else {
         modules::ModulesGate::ready()
     };
-    let host = Arc::new(host::Host::new(gate));
     tracing::info!(pid = std::process::id(), bridge = ?cfg.bridge, "rgcs agent starting");
-    let exit = runtime.block_on(bridge::run(&cfg, host));
+    let exit = runtime.block_on(async {
+        let reaper = match reaper::Reaper::start() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = &e as &dyn std::error::Error, "cannot start the reaper");
+                return bridge::Exit::Disconnected;
+            }
+        };
+        let mut host = host::Host::new(gate, reaper);
+        match zygote {
+            Ok(zygote) => {
+                tracing::info!(pid = zygote.pid(), "executor zygote started");
+                let stdio = match &cfg.stdio_unix_dir {
+                    Some(dir) => process::stdio::StdioTarget::UnixDir(dir.clone()),
+                    None => process::stdio::StdioTarget::Vsock,
+                };
+                host = host.with_executor(host::Executor {
+                    zygote,
+                    run_dir: cfg.run_dir.clone(),
+                    stdio,
+                });
+            }
+            Err(e) => tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "cannot start the executor zygote; containers and processes are unavailable"
+            ),
+        }
+        let host = Arc::new(host);
+        container::sweep(&host).await;
+        bridge::run(&cfg, host).await
+    });
     tracing::info!(?exit, "rgcs agent exiting");
     // Do not wait for blocking work still running (a late module load, a hung mount): the host
     // asked for the VM to go away, and PID 1 syncs and powers off once we are gone.

@@ -7,7 +7,7 @@
 //! that gets through (guest-triggered log floods are bounded, as in Firecracker's rate limiter).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -60,6 +60,9 @@ pub fn install(filter: LevelFilter) {
                 let _ = out.write_all(line.as_bytes());
             }
         });
+    if let Some(pipe) = init_log_pipe() {
+        relay_init_lines(pipe, tx.clone());
+    }
     let sink = match spawned {
         Ok(_) => Sink::Queue {
             tx,
@@ -70,6 +73,51 @@ pub fn install(filter: LevelFilter) {
     let subscriber = tracing_subscriber::registry().with(JsonLines { sink }.with_filter(filter));
     // Only fails if a subscriber is already installed (tests): keep the existing one.
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// PID 1's log pipe, if it gave us one (`RGCS_INIT_LOG_FD`).
+fn init_log_pipe() -> Option<std::os::fd::OwnedFd> {
+    let fd = std::env::var(rgcs_init::pid1::INIT_LOG_FD_ENV)
+        .ok()?
+        .parse()
+        .ok()?;
+    crate::sys::inherited::take(fd)
+}
+
+/// Longest line relayed from PID 1; longer ones are cut (init's lines are far shorter).
+const MAX_INIT_LINE: usize = 16 * 1024;
+
+/// Relays PID 1's lines (already JSON) into our queue while we own the log socket: one writer
+/// per stream, so lines never interleave (see `rgcs_init::journal`).
+fn relay_init_lines(pipe: std::os::fd::OwnedFd, tx: SyncSender<String>) {
+    let spawned = std::thread::Builder::new()
+        .name("init-log-relay".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(std::fs::File::from(pipe));
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match (&mut reader)
+                    .take(MAX_INIT_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if line.last() != Some(&b'\n') {
+                            // Too long: drop it whole; half a JSON object would stop the host's parser.
+                            let mut rest = Vec::new();
+                            let _ = reader.read_until(b'\n', &mut rest);
+                            continue;
+                        }
+                        let _ = tx.try_send(String::from_utf8_lossy(&line).into_owned());
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = writeln!(std::io::stderr(), "cannot relay init's log lines: {e}");
+    }
 }
 
 enum Sink {

@@ -3,7 +3,8 @@
 //! refusal rules on a fresh connection, and exit on shutdown. No VM, no root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
-use std::path::PathBuf;
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,31 +15,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixListener;
 use tokio::time::timeout;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p = std::env::temp_dir().join(format!("rgcs-agent-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::TempDir;
 
 const STEP: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn negotiates_redials_and_exits_on_shutdown() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("agent-bridge");
     let sock = dir.0.join("bridge.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gcs"))

@@ -11,8 +11,8 @@ use std::time::Instant;
 use rgcs_protocol::frame::{Frame, FrameDecoder, DEFAULT_MAX_HOST_TO_GUEST};
 use rgcs_protocol::io::{read_frame, write_frame, IoError};
 use rgcs_protocol::message::{
-    encode_response, GcsCapabilities, NegotiateProtocolRequest, NegotiateProtocolResponse, RequestBase,
-    ResponseBase,
+    encode_notification, encode_response, GcsCapabilities, NegotiateProtocolRequest,
+    NegotiateProtocolResponse, RequestBase, ResponseBase,
 };
 use rgcs_protocol::msgid::Kind;
 use rgcs_protocol::{gojson, HResult, MessageId};
@@ -47,8 +47,24 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUTBOX);
     let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
+    // Handlers that outlive the connection (a WaitForProcess can wait for a process's whole life)
+    // hold senders, so the writer cannot wait for the channel to close: it is told to finish.
+    let (finish_tx, mut finish_rx) = tokio::sync::oneshot::channel::<()>();
     let writer_task = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
+        loop {
+            let frame = tokio::select! {
+                frame = out_rx.recv() => frame,
+                _ = &mut finish_rx => {
+                    // Flush what is already queued (responses decided before the end), then stop.
+                    while let Ok(frame) = out_rx.try_recv() {
+                        if write_frame(&mut writer, &frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+            };
+            let Some(frame) = frame else { return };
             if let Err(e) = write_frame(&mut writer, &frame).await {
                 tracing::warn!(error = &e as &dyn std::error::Error, "bridge write failed");
                 return;
@@ -58,6 +74,7 @@ where
 
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_HOST_TO_GUEST);
     let mut negotiated = false;
+    let mut notifier: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader, &mut decoder) => frame,
@@ -88,6 +105,10 @@ where
             }
             if ok {
                 on_negotiated();
+                notifier = Some(tokio::spawn(forward_notifications(
+                    Arc::clone(&host),
+                    out_tx.clone(),
+                )));
             }
             continue;
         }
@@ -136,10 +157,44 @@ where
             let _ = out_tx.send(reply).await;
         });
     };
+    if let Some(n) = notifier {
+        n.abort();
+    }
     drop(out_tx);
-    // Let queued responses go out before the connection is dropped (bounded by the writer).
-    let _ = writer_task.await;
+    let _ = finish_tx.send(());
+    // Bounded: queued frames only; a peer that stopped reading cannot hold the agent here.
+    if tokio::time::timeout(WRITER_FLUSH, writer_task).await.is_err() {
+        tracing::warn!("bridge writer did not flush in time; dropping the connection");
+    }
     result
+}
+
+/// How long the writer may take to flush queued responses when a connection ends.
+const WRITER_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends queued container notifications on this connection; one that cannot be handed to the
+/// writer goes back to the front of the queue for the next connection.
+async fn forward_notifications(host: Arc<Host>, out: mpsc::Sender<Vec<u8>>) {
+    loop {
+        let n = host.next_notification().await;
+        let frame = match encode_notification(&n) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = &e as &dyn std::error::Error, container_id = %n.container_id, "notification cannot be encoded");
+                continue;
+            }
+        };
+        match out.reserve().await {
+            Ok(permit) => {
+                tracing::info!(container_id = %n.container_id, r#type = ?n.notification_type, "container notification");
+                permit.send(frame);
+            }
+            Err(_) => {
+                host.requeue_notification(n);
+                return;
+            }
+        }
+    }
 }
 
 fn negotiate(frame: &Frame, base: &RequestBase) -> (Vec<u8>, bool) {
@@ -220,7 +275,10 @@ mod tests {
 
     async fn roundtrip(requests: &[Vec<u8>]) -> Vec<Frame> {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let host = Arc::new(Host::new(ModulesGate::ready()));
+        let host = Arc::new(Host::new(
+            ModulesGate::ready(),
+            Arc::new(crate::reaper::Reaper::default()),
+        ));
         let task = tokio::spawn(serve(server, host, || {}));
         let (mut r, mut w) = tokio::io::split(client);
         for req in requests {
@@ -241,6 +299,48 @@ mod tests {
         drop(w);
         assert_eq!(task.await.unwrap().unwrap(), Ended::Disconnected);
         frames
+    }
+
+    #[tokio::test]
+    async fn notifications_queued_while_disconnected_go_out_after_negotiation() {
+        use rgcs_protocol::message::{ContainerNotification, NotificationType};
+        let host = Arc::new(Host::new(
+            ModulesGate::ready(),
+            Arc::new(crate::reaper::Reaper::default()),
+        ));
+        host.notify(ContainerNotification {
+            container_id: "c1".into(),
+            notification_type: NotificationType::ForcedExit,
+            ..Default::default()
+        });
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(serve(server, Arc::clone(&host), || {}));
+        let (mut r, mut w) = tokio::io::split(client);
+        w.write_all(&negotiate_req(0, 4, 4)).await.unwrap();
+        let mut dec = FrameDecoder::new(1 << 16);
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 4096];
+        while frames.len() < 2 {
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            dec.extend(&buf[..n]);
+            while let Some(f) = dec.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        let note = frames
+            .iter()
+            .find(|f| f.message == MessageId::CONTAINER_NOTIFICATION)
+            .unwrap();
+        assert_eq!(note.id, 0);
+        let n: ContainerNotification = serde_json::from_slice(&note.payload).unwrap();
+        assert_eq!(
+            (n.container_id.as_str(), n.notification_type),
+            ("c1", NotificationType::ForcedExit)
+        );
+        drop(w);
+        drop(r);
+        let _ = task.await;
     }
 
     fn negotiate_req(id: u64, min: u32, max: u32) -> Vec<u8> {

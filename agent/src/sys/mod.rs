@@ -1,4 +1,9 @@
 //! The agent's thin layer over the kernel: the only place in the agent that uses `unsafe` or raw
 //! file descriptors.
 
+pub mod dm;
 pub mod fdstream;
+pub mod inherited;
+pub mod pty;
+pub mod spawn;
+pub mod zygote;

@@ -1,0 +1,237 @@
+//! Stdio over the host's ports (GCS-PROTOCOL §1.3, §6.9): dial the ports named in the request
+//! (vsock, or `DIR/<port>` Unix sockets with `--stdio-unix-dir` for tests), and relay between them
+//! and the agent's ends of the process's pipes or pty.
+//!
+//! * stdout/stderr end with a **full close** of the stream after the last byte (vhost-device-vsock
+//!   does not pass a half-close; uvm/REPORT.md §9).
+//! * stdin EOF closes the pipe's write end, so the process sees EOF.
+//! * After the process exits, [`Relays::finish`] stops the stdin copy and lets the output copies
+//!   drain until EOF; if a background process keeps the pipe open and nothing moves for
+//!   [`QUIET`], the relays are closed anyway (the exit must not hang on it).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rgcs_protocol::message::{ProcessParameters, VsockStdioRelaySettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use crate::error::GcsError;
+use crate::sys::fdstream::FdStream;
+
+/// After exit, the output relays are closed once no byte moved for this long.
+pub const QUIET: Duration = Duration::from_secs(2);
+
+/// Where stdio ports are dialled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdioTarget {
+    /// vsock CID 2 (the product).
+    Vsock,
+    /// `DIR/<port>` Unix stream sockets (tests without a VM).
+    UnixDir(PathBuf),
+}
+
+/// The ports to dial, in stdin/stdout/stderr order: a port only when its `CreateStd*Pipe` flag is
+/// set and the port is non-zero.
+pub fn ports(p: &ProcessParameters, s: &VsockStdioRelaySettings) -> [Option<u32>; 3] {
+    let pick = |flag: bool, port: u32| (flag && port != 0).then_some(port);
+    [
+        pick(p.create_std_in_pipe, s.std_in),
+        pick(p.create_std_out_pipe, s.std_out),
+        pick(p.create_std_err_pipe, s.std_err),
+    ]
+}
+
+async fn dial(target: &StdioTarget, port: u32) -> io::Result<OwnedFd> {
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || match target {
+        StdioTarget::Vsock => rgcs_init::vsock::connect(port),
+        StdioTarget::UnixDir(dir) => {
+            std::os::unix::net::UnixStream::connect(dir.join(port.to_string())).map(OwnedFd::from)
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Dials every requested port (blocking descriptors, suitable to hand to a child).
+pub async fn dial_all(
+    target: &StdioTarget,
+    ports: [Option<u32>; 3],
+) -> Result<[Option<OwnedFd>; 3], GcsError> {
+    let mut out: [Option<OwnedFd>; 3] = [None, None, None];
+    for (i, port) in ports.iter().enumerate() {
+        if let Some(port) = port {
+            let fd = dial(target, *port)
+                .await
+                .map_err(|e| GcsError::io(format!("dial stdio port {port}"), e))?;
+            out[i] = Some(fd);
+        }
+    }
+    Ok(out)
+}
+
+/// The relays of one process.
+#[derive(Debug, Default)]
+pub struct Relays {
+    stdin: Option<JoinHandle<()>>,
+    outputs: Vec<JoinHandle<()>>,
+    progress: Arc<AtomicU64>,
+}
+
+fn stream(fd: OwnedFd, what: &str) -> Result<FdStream, GcsError> {
+    FdStream::new(fd).map_err(|e| GcsError::io(format!("register {what}"), e))
+}
+
+async fn copy_in(mut from: FdStream, mut to: FdStream) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn copy_out(mut from: FdStream, mut to: FdStream, progress: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // A pty master reads EIO once every slave is closed: that is its EOF.
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Full close of the stream (dropping `to`), never a half-close.
+    drop(to);
+}
+
+impl Relays {
+    /// Pipe relays: `stdin` = (socket, pipe write end), `outputs` = (pipe read end, socket).
+    pub fn pipes(
+        stdin: Option<(OwnedFd, OwnedFd)>,
+        outputs: Vec<(OwnedFd, OwnedFd)>,
+    ) -> Result<Self, GcsError> {
+        let mut r = Self::default();
+        if let Some((sock, pipe)) = stdin {
+            let (sock, pipe) = (stream(sock, "stdin socket")?, stream(pipe, "stdin pipe")?);
+            r.stdin = Some(tokio::spawn(copy_in(sock, pipe)));
+        }
+        for (pipe, sock) in outputs {
+            let (pipe, sock) = (stream(pipe, "output pipe")?, stream(sock, "output socket")?);
+            r.outputs
+                .push(tokio::spawn(copy_out(pipe, sock, Arc::clone(&r.progress))));
+        }
+        Ok(r)
+    }
+
+    /// Pty relays: stdin socket → master, master → stdout socket (stderr is unused with a tty).
+    pub fn tty(master: &OwnedFd, stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<Self, GcsError> {
+        let dup = || {
+            master
+                .try_clone()
+                .map_err(|e| GcsError::io("duplicate the pty master", e))
+        };
+        let mut r = Self::default();
+        if let Some(sock) = stdin {
+            r.stdin = Some(tokio::spawn(copy_in(
+                stream(sock, "stdin socket")?,
+                stream(dup()?, "pty")?,
+            )));
+        }
+        if let Some(sock) = stdout {
+            let (m, s) = (stream(dup()?, "pty")?, stream(sock, "stdout socket")?);
+            r.outputs
+                .push(tokio::spawn(copy_out(m, s, Arc::clone(&r.progress))));
+        }
+        Ok(r)
+    }
+
+    /// After the process exited: stop the stdin copy, let the outputs drain to EOF, and close
+    /// them once nothing moved for [`QUIET`].
+    pub async fn finish(self) {
+        if let Some(h) = &self.stdin {
+            h.abort();
+        }
+        let mut last = self.progress.load(Ordering::Relaxed);
+        let mut outputs = self.outputs;
+        loop {
+            let pending = async {
+                for h in outputs.iter_mut().filter(|h| !h.is_finished()) {
+                    let _ = h.await;
+                }
+            };
+            if tokio::time::timeout(QUIET, pending).await.is_ok() {
+                return;
+            }
+            let now = self.progress.load(Ordering::Relaxed);
+            if now == last {
+                for h in &outputs {
+                    h.abort();
+                }
+                tracing::info!("closing stdio relays held open by another process after exit");
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn only_flagged_nonzero_ports_are_dialled() {
+        let p = ProcessParameters {
+            create_std_in_pipe: true,
+            create_std_out_pipe: true,
+            ..Default::default()
+        };
+        let s = VsockStdioRelaySettings {
+            std_in: 0,
+            std_out: 5,
+            std_err: 6,
+        };
+        assert_eq!(ports(&p, &s), [None, Some(5), None]);
+    }
+
+    #[tokio::test]
+    async fn output_relay_full_closes_after_eof() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let relays = Relays::pipes(None, vec![(r, OwnedFd::from(ours))]).unwrap();
+        nix::unistd::write(&w, b"hello").unwrap();
+        drop(w);
+        relays.finish().await;
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut &theirs, &mut got).unwrap();
+        assert_eq!(got, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_held_open_does_not_hang_finish() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let relays = Relays::pipes(None, vec![(r, OwnedFd::from(ours))]).unwrap();
+        let t = std::time::Instant::now();
+        relays.finish().await;
+        assert!(t.elapsed() < QUIET * 3);
+        drop(w);
+    }
+}

@@ -1,0 +1,1025 @@
+//! In-process tier for the executor: the real `gcs` binary on this host as root (no VM), bridged
+//! over a Unix socket and driven by host-shim's `BridgeClient`; stdio "ports" are Unix sockets in
+//! a directory the agent dials (`--stdio-unix-dir`). Containers run a busybox rootfs built at
+//! test time through the embedded libcontainer (the host's cgroup v1 hybrid layout).
+//!
+//! Requires root: fails (never skips) without it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use libcontainer::oci_spec::runtime::{ProcessBuilder, Spec, UserBuilder};
+use rgcs_host_shim::bridge::BridgeClient;
+use rgcs_protocol::jsonstr::JsonString;
+use rgcs_protocol::message::{
+    ContainerConfig, ContainerCreate, ContainerCreateResponse, ContainerNotification, Empty,
+    ExecuteProcessRequest, ExecuteProcessResponse, ExecuteProcessSettings, GetPropertiesRequest,
+    GetPropertiesResponse, NotificationType, ProcessParameters, PropertyQuery, PropertyType,
+    ResizeConsoleRequest, SchemaVersion, SignalProcessOptions, SignalProcessRequest, VsockStdioRelaySettings,
+    WaitForProcessRequest, WaitForProcessResponse, UVM_CONTAINER_ID,
+};
+use rgcs_protocol::{HResult, MessageId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::timeout;
+
+use common::TempDir;
+
+const STEP: Duration = Duration::from_secs(20);
+
+struct Agent {
+    client: BridgeClient,
+    child: tokio::process::Child,
+    dir: TempDir,
+    next_port: AtomicU32,
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the container tier needs root (run `cargo test` as root); it does not skip silently"
+    );
+}
+
+/// The busybox rootfs: `/bin/busybox` plus one symlink per applet, `/etc/passwd`, `/etc/group`.
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/alice"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nalice:x:1000:\nwheel:x:10:alice\n",
+    )
+    .unwrap();
+    root
+}
+
+impl Agent {
+    async fn start(tag: &str) -> Self {
+        Self::start_with(tag, false).await
+    }
+
+    /// With `cgroup2`, the agent runs in a private mount namespace with a cgroup2 file system on
+    /// `/sys/fs/cgroup` (the UVM's layout), as LIBCONTAINER.md row 5 did.
+    async fn start_with(tag: &str, cgroup2: bool) -> Self {
+        require_root();
+        let dir = TempDir::new(tag);
+        let sock = dir.0.join("bridge.sock");
+        std::fs::create_dir_all(dir.0.join("stdio")).unwrap();
+        let listener = UnixListener::bind(&sock).unwrap();
+        let mut cmd = if cgroup2 {
+            let mut c = tokio::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg("mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"")
+                .arg(env!("CARGO_BIN_EXE_gcs"));
+            c
+        } else {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_gcs"))
+        };
+        let child = cmd
+            .arg("--bridge")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--run-dir")
+            .arg(dir.0.join("run"))
+            .arg("--stdio-unix-dir")
+            .arg(dir.0.join("stdio"))
+            .args(["--log-level", "warning", "--no-redial"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (stream, _) = timeout(STEP, listener.accept()).await.unwrap().unwrap();
+        let client = BridgeClient::new(stream);
+        client.negotiate().await.unwrap();
+        Self {
+            client,
+            child,
+            dir,
+            next_port: AtomicU32::new(0x4000_0001),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    fn spec(&self, bundle: &Path, args: &[&str], terminal: bool) -> Spec {
+        let mut spec = Spec::default();
+        let mut root = spec.root().clone().unwrap();
+        root.set_path(bundle.join("rootfs"));
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+        let process = ProcessBuilder::default()
+            .args(args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            .env(vec!["PATH=/bin".to_owned(), "FOO=bar".to_owned()])
+            .cwd("/")
+            .terminal(terminal)
+            .user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap())
+            .build()
+            .unwrap();
+        let mut p = spec.process().clone().unwrap();
+        p.set_args(process.args().clone());
+        p.set_env(process.env().clone());
+        p.set_terminal(Some(terminal));
+        spec.set_process(Some(p));
+        spec.set_hostname(Some("ctr-host".into()));
+        spec
+    }
+
+    async fn create_with(&self, id: &str, spec: Spec, bundle: &Path) -> Result<(), HResult> {
+        let req = ContainerCreate {
+            container_config: Some(JsonString(ContainerConfig {
+                schema_version: SchemaVersion::V2_1,
+                oci_bundle_path: bundle.display().to_string(),
+                oci_specification: Some(spec),
+                scratch_dir_path: String::new(),
+            })),
+            supported_versions: None,
+        };
+        self.client
+            .call::<_, ContainerCreateResponse>(MessageId::CREATE, id, &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                eprintln!("create {id}: {e}");
+                e.hresult().unwrap_or(HResult::S_OK)
+            })
+    }
+
+    /// A fresh bundle with a busybox rootfs, created with `args` (init not started).
+    async fn create(&self, id: &str, args: &[&str], terminal: bool) -> PathBuf {
+        self.create_edit(id, args, terminal, |_| {}).await
+    }
+
+    async fn create_edit(
+        &self,
+        id: &str,
+        args: &[&str],
+        terminal: bool,
+        edit: impl FnOnce(&mut Spec),
+    ) -> PathBuf {
+        self.create_timed(id, args, terminal, edit).await.0
+    }
+
+    /// Like `create_edit`; also returns how long the Create request alone took.
+    async fn create_timed(
+        &self,
+        id: &str,
+        args: &[&str],
+        terminal: bool,
+        edit: impl FnOnce(&mut Spec),
+    ) -> (PathBuf, Duration) {
+        let bundle = self.dir.0.join("bundles").join(id);
+        rootfs(&bundle);
+        let mut spec = self.spec(&bundle, args, terminal);
+        edit(&mut spec);
+        let t0 = Instant::now();
+        self.create_with(id, spec, &bundle).await.unwrap();
+        (bundle, t0.elapsed())
+    }
+
+    /// ExecuteProcess with the given stdio pipes; returns the PID and the host ends.
+    async fn execute(
+        &self,
+        cid: &str,
+        mut params: ProcessParameters,
+        pipes: [bool; 3],
+    ) -> Result<(u32, Io), HResult> {
+        params.create_std_in_pipe = pipes[0];
+        params.create_std_out_pipe = pipes[1];
+        params.create_std_err_pipe = pipes[2];
+        let mut ports = [0u32; 3];
+        let mut accepts = Vec::new();
+        for (i, want) in pipes.iter().enumerate() {
+            if !want {
+                accepts.push(None);
+                continue;
+            }
+            let port = self.next_port.fetch_add(1, Ordering::Relaxed);
+            ports[i] = port;
+            let l = UnixListener::bind(self.dir.0.join("stdio").join(port.to_string())).unwrap();
+            accepts.push(Some(tokio::spawn(
+                async move { l.accept().await.map(|(s, _)| s) },
+            )));
+        }
+        let req = ExecuteProcessRequest {
+            settings: ExecuteProcessSettings {
+                process_parameters: JsonString(params),
+                stdio_relay_settings: None,
+                vsock_stdio_relay_settings: VsockStdioRelaySettings {
+                    std_in: ports[0],
+                    std_out: ports[1],
+                    std_err: ports[2],
+                },
+            },
+        };
+        let r = self
+            .client
+            .call::<_, ExecuteProcessResponse>(MessageId::EXECUTE_PROCESS, cid, &req)
+            .await
+            .map_err(|e| e.hresult().unwrap_or(HResult::S_OK))?;
+        let mut streams = Vec::new();
+        for a in accepts {
+            streams.push(match a {
+                Some(h) => {
+                    // dialled before the reply: already connected
+                    assert!(h.is_finished() || timeout(Duration::from_millis(200), async {}).await.is_ok());
+                    Some(timeout(STEP, h).await.unwrap().unwrap().unwrap())
+                }
+                None => None,
+            });
+        }
+        let mut it = streams.into_iter();
+        let (stdin, stdout, stderr) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let read = |s: Option<UnixStream>| {
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                if let Some(mut s) = s {
+                    s.read_to_end(&mut out).await.unwrap();
+                }
+                String::from_utf8_lossy(&out).into_owned()
+            })
+        };
+        Ok((
+            r.process_id,
+            Io {
+                stdin,
+                stdout: read(stdout),
+                stderr: read(stderr),
+            },
+        ))
+    }
+
+    async fn start_init(&self, cid: &str, pipes: [bool; 3]) -> (u32, Io) {
+        self.execute(cid, ProcessParameters::default(), pipes)
+            .await
+            .unwrap()
+    }
+
+    async fn exec(
+        &self,
+        cid: &str,
+        args: &[&str],
+        pipes: [bool; 3],
+        edit: impl FnOnce(&mut libcontainer::oci_spec::runtime::Process),
+    ) -> (u32, Io) {
+        let mut p = libcontainer::oci_spec::runtime::Process::default();
+        p.set_args(Some(args.iter().map(|s| (*s).to_owned()).collect()));
+        p.set_env(Some(vec!["PATH=/bin".to_owned()]));
+        p.set_terminal(Some(false));
+        edit(&mut p);
+        let params = ProcessParameters {
+            oci_process: Some(p),
+            ..Default::default()
+        };
+        self.execute(cid, params, pipes).await.unwrap()
+    }
+
+    async fn wait(&self, cid: &str, pid: u32, timeout_ms: u32) -> Result<u32, HResult> {
+        let req = WaitForProcessRequest {
+            process_id: pid,
+            timeout_in_ms: timeout_ms,
+        };
+        timeout(
+            STEP * 2,
+            self.client
+                .call::<_, WaitForProcessResponse>(MessageId::WAIT_FOR_PROCESS, cid, &req),
+        )
+        .await
+        .expect("wait hung")
+        .map(|r| r.exit_code)
+        .map_err(|e| e.hresult().unwrap_or(HResult::S_OK))
+    }
+
+    async fn signal(&self, cid: &str, pid: u32, signal: i32) -> Result<(), HResult> {
+        let req = SignalProcessRequest {
+            process_id: pid,
+            options: (signal != 0).then_some(SignalProcessOptions { signal }),
+        };
+        self.client
+            .call::<_, Empty>(MessageId::SIGNAL_PROCESS, cid, &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.hresult().unwrap_or(HResult::S_OK))
+    }
+
+    async fn delete(&self, cid: &str) {
+        self.client
+            .call::<_, Empty>(MessageId::DELETE_CONTAINER_STATE, cid, &Empty {})
+            .await
+            .unwrap();
+    }
+
+    async fn notification(&self) -> ContainerNotification {
+        timeout(STEP, self.client.next_notification())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn no_notification(&self) {
+        assert!(
+            timeout(Duration::from_millis(300), self.client.next_notification())
+                .await
+                .is_err(),
+            "an unexpected notification"
+        );
+    }
+}
+
+struct Io {
+    stdin: Option<UnixStream>,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Io {
+    async fn output(self) -> (String, String) {
+        drop(self.stdin);
+        let out = timeout(STEP, self.stdout)
+            .await
+            .expect("stdout never closed")
+            .unwrap();
+        let err = timeout(STEP, self.stderr)
+            .await
+            .expect("stderr never closed")
+            .unwrap();
+        (out, err)
+    }
+}
+
+const INFINITE: u32 = u32::MAX;
+
+#[tokio::test]
+async fn init_stdio_exit_codes_and_one_notification() {
+    let a = Agent::start("init").await;
+    // echo
+    let (_, created) = a
+        .create_timed(
+            "echo1",
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            false,
+            |_| {},
+        )
+        .await;
+    let t1 = Instant::now();
+    let (pid, io) = a.start_init("echo1", [false, true, true]).await;
+    let started = t1.elapsed();
+    let (out, err) = io.output().await;
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    assert_eq!(a.wait("echo1", pid, INFINITE).await, Ok(3));
+    // the record is gone after the delivered wait
+    assert_eq!(a.wait("echo1", pid, 0).await, Err(HResult::NOT_FOUND));
+    let n = a.notification().await;
+    assert_eq!(
+        (n.container_id.as_str(), n.notification_type),
+        ("echo1", NotificationType::UnexpectedExit)
+    );
+    a.no_notification().await;
+    a.delete("echo1").await;
+    eprintln!("MEASURE create {created:?} start {started:?}");
+
+    // true, with no stdio at all
+    a.create("true1", &["true"], false).await;
+    let (pid, io) = a.start_init("true1", [false, false, false]).await;
+    io.output().await;
+    assert_eq!(a.wait("true1", pid, INFINITE).await, Ok(0));
+    assert_eq!(a.notification().await.container_id, "true1");
+    a.delete("true1").await;
+
+    // cat echoing stdin; stdin EOF ends it
+    a.create("cat1", &["cat"], false).await;
+    let (pid, mut io) = a.start_init("cat1", [true, true, true]).await;
+    io.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"ping\npong\n")
+        .await
+        .unwrap();
+    let (out, _) = io.output().await;
+    assert_eq!(out, "ping\npong\n");
+    assert_eq!(a.wait("cat1", pid, INFINITE).await, Ok(0));
+    a.notification().await;
+    a.delete("cat1").await;
+}
+
+#[tokio::test]
+async fn signals_shutdown_and_notification_types() {
+    let a = Agent::start("sig").await;
+    // SIGKILL through SignalProcess without options: 137, ForcedExit
+    a.create("k1", &["sleep", "100"], false).await;
+    let (pid, io) = a.start_init("k1", [false, true, true]).await;
+    assert_eq!(a.wait("k1", pid, 100).await, Err(HResult::TIMEOUT));
+    a.signal("k1", pid, 0).await.unwrap();
+    io.output().await;
+    assert_eq!(a.wait("k1", pid, INFINITE).await, Ok(137));
+    assert_eq!(
+        a.notification().await.notification_type,
+        NotificationType::ForcedExit
+    );
+    assert_eq!(a.signal("k1", pid, 9).await, Err(HResult::NOT_FOUND));
+    a.delete("k1").await;
+
+    // SIGTERM through ShutdownGraceful: GracefulExit
+    // (a PID-namespace init ignores signals it has no handler for, as with runc: trap it)
+    a.create(
+        "t1",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+        false,
+    )
+    .await;
+    let (pid, io) = a.start_init("t1", [false, true, false]).await;
+    // until the trap is installed, SIGTERM is ignored: repeat the shutdown until init exits
+    let mut code = None;
+    for _ in 0..100 {
+        a.client
+            .call::<_, Empty>(MessageId::SHUTDOWN_GRACEFUL, "t1", &Empty {})
+            .await
+            .unwrap();
+        match a.wait("t1", pid, 100).await {
+            Ok(c) => {
+                code = Some(c);
+                break;
+            }
+            Err(e) => assert_eq!(e, HResult::TIMEOUT),
+        }
+    }
+    let code = code.expect("init never exited after ShutdownGraceful");
+    assert_eq!(io.output().await.0, "ready\n");
+    assert_eq!(code, 143);
+    assert_eq!(
+        a.notification().await.notification_type,
+        NotificationType::GracefulExit
+    );
+    a.delete("t1").await;
+
+    // unknown container and unknown pid
+    assert_eq!(a.wait("nope", 1, 0).await, Err(HResult::SYSTEM_NOT_FOUND));
+    a.create("u1", &["sleep", "100"], false).await;
+    let (pid, io) = a.start_init("u1", [false, false, false]).await;
+    assert_eq!(a.wait("u1", 999_999, 0).await, Err(HResult::NOT_FOUND));
+    a.client
+        .call::<_, Empty>(MessageId::SHUTDOWN_FORCED, "u1", &Empty {})
+        .await
+        .unwrap();
+    io.output().await;
+    assert_eq!(a.wait("u1", pid, INFINITE).await, Ok(137));
+    assert_eq!(
+        a.notification().await.notification_type,
+        NotificationType::ForcedExit
+    );
+    // Create with an existing ID
+    assert_eq!(
+        a.create_with(
+            "u1",
+            a.spec(&a.dir.0.join("bundles/u1"), &["true"], false),
+            &a.dir.0.join("bundles/u1")
+        )
+        .await,
+        Err(HResult::SYSTEM_ALREADY_EXISTS)
+    );
+    a.delete("u1").await;
+}
+
+#[tokio::test]
+async fn exec_stdio_user_cwd_env_tty_and_process_list() {
+    let a = Agent::start("exec").await;
+    a.create_edit("e1", &["sleep", "100"], false, |s| {
+        let mut p = s.process().clone().unwrap();
+        p.set_cwd("/work/dir".into());
+        s.set_process(Some(p));
+    })
+    .await;
+    let (init, _io) = a.start_init("e1", [false, false, false]).await;
+
+    let t0 = Instant::now();
+    let (pid, io) = a
+        .exec(
+            "e1",
+            &[
+                "sh",
+                "-c",
+                "pwd; echo $FOO; id -u; id -g; hostname; cat /etc/hostname; grep -c ctr-host /etc/hosts; ulimit -n",
+            ],
+            [false, true, true],
+            |p| {
+                p.set_cwd("/work/dir".into());
+                p.set_env(Some(vec!["PATH=/bin".into(), "FOO=exec-env".into()]));
+            },
+        )
+        .await;
+    let exec_ms = t0.elapsed();
+    let (out, err) = io.output().await;
+    // cwd created, env exact, the hostname/hosts bind mounts, rlimits inherited from the spec
+    assert_eq!(
+        out, "/work/dir\nexec-env\n0\n0\nctr-host\nctr-host\n1\n1024\n",
+        "stderr: {err}"
+    );
+    assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(0));
+    eprintln!("MEASURE exec {exec_ms:?}");
+
+    // exit code 3 from an exec; stdin relayed
+    let (pid, mut io) = a
+        .exec(
+            "e1",
+            &["sh", "-c", "read x; echo got $x; exit 3"],
+            [true, true, false],
+            |_| {},
+        )
+        .await;
+    io.stdin.as_mut().unwrap().write_all(b"hello\n").await.unwrap();
+    let (out, _) = io.output().await;
+    assert_eq!(out, "got hello\n");
+    assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(3));
+
+    // user by name (resolved in the rootfs) and by uid:gid
+    let (pid, io) = a
+        .exec(
+            "e1",
+            &["sh", "-c", "id -u; id -g; id -G"],
+            [false, true, false],
+            |p| {
+                let mut u = p.user().clone();
+                u.set_username(Some("alice".into()));
+                p.set_user(u);
+            },
+        )
+        .await;
+    let (out, _) = io.output().await;
+    assert_eq!(out, "1000\n1000\n1000 10\n");
+    a.wait("e1", pid, INFINITE).await.unwrap();
+    let (pid, io) = a
+        .exec("e1", &["sh", "-c", "id -u; id -g"], [false, true, false], |p| {
+            let mut u = p.user().clone();
+            u.set_username(Some("4242:4343".into()));
+            p.set_user(u);
+        })
+        .await;
+    assert_eq!(io.output().await.0, "4242\n4343\n");
+    a.wait("e1", pid, INFINITE).await.unwrap();
+
+    // SIGTERM to an exec: 143
+    let (pid, io) = a
+        .exec("e1", &["sleep", "100"], [false, true, false], |_| {})
+        .await;
+    a.signal("e1", pid, 15).await.unwrap();
+    io.output().await;
+    assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(143));
+
+    // a background child keeping stdout open does not hang the exec's exit
+    let t = Instant::now();
+    let (pid, io) = a
+        .exec(
+            "e1",
+            &["sh", "-c", "sleep 30 & echo bg"],
+            [false, true, false],
+            |_| {},
+        )
+        .await;
+    assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(0));
+    assert_eq!(io.output().await.0, "bg\n");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+    // tty exec with a resize seen inside
+    let (pid, mut io) = a
+        .exec("e1", &["sh"], [true, true, false], |p| {
+            p.set_terminal(Some(true));
+        })
+        .await;
+    a.client
+        .call::<_, Empty>(
+            MessageId::RESIZE_CONSOLE,
+            "e1",
+            &ResizeConsoleRequest {
+                process_id: pid,
+                height: 37,
+                width: 111,
+            },
+        )
+        .await
+        .unwrap();
+    io.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"stty size; exit 5\n")
+        .await
+        .unwrap();
+    assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(5));
+    let (out, _) = io.output().await;
+    assert!(out.contains("37 111"), "{out:?}");
+
+    // tty exec that exits on its own while the host keeps stdin open: output and EOF arrive
+    let (pid, mut io) = a
+        .exec(
+            "e1",
+            &["sh", "-c", "echo hi-t; exit 5"],
+            [true, true, false],
+            |p| {
+                p.set_terminal(Some(true));
+            },
+        )
+        .await;
+    let stdin_kept = io.stdin.take();
+    assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(5));
+    let out = timeout(STEP, io.stdout)
+        .await
+        .expect("tty stdout never closed")
+        .unwrap();
+    assert_eq!(out, "hi-t\r\n");
+    drop(stdin_kept);
+
+    // process list: init plus a running exec
+    let (pid, _io2) = a
+        .exec("e1", &["sleep", "100"], [false, false, false], |_| {})
+        .await;
+    let props: GetPropertiesResponse = a
+        .client
+        .call(
+            MessageId::GET_PROPERTIES,
+            "e1",
+            &GetPropertiesRequest {
+                query: JsonString(PropertyQuery {
+                    property_types: vec![PropertyType::ProcessList],
+                    queries: None,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let pids: Vec<u32> = props
+        .properties
+        .0
+        .process_list
+        .iter()
+        .map(|p| p.process_id)
+        .collect();
+    assert!(
+        pids.contains(&init) && pids.contains(&pid),
+        "{pids:?} (init {init}, exec {pid})"
+    );
+
+    // Statistics (LCOWMetrics) and ContainerConstraints on the live cgroup
+    let props: GetPropertiesResponse = a
+        .client
+        .call(
+            MessageId::GET_PROPERTIES,
+            "e1",
+            &GetPropertiesRequest {
+                query: JsonString(PropertyQuery {
+                    property_types: vec![PropertyType::Statistics],
+                    queries: None,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let m = props.properties.0.lcow_metrics.expect("LCOWMetrics");
+    assert!(m.pids.as_ref().unwrap().current >= 2, "{m:?}");
+    assert!(
+        m.memory.as_ref().unwrap().usage.as_ref().unwrap().usage > 0,
+        "{m:?}"
+    );
+    let update: serde_json::Value = serde_json::json!({
+        "Request": {"ResourceType": "ContainerConstraints", "RequestType": "Update",
+                     "Settings": {"Linux": {"memory": {"limit": 64 * 1024 * 1024}}}}
+    });
+    a.client
+        .call::<_, Empty>(MessageId::MODIFY_SETTINGS, "e1", &update)
+        .await
+        .unwrap();
+    let limit = cgroup_value("memory", "e1", "memory.limit_in_bytes");
+    assert_eq!(limit.trim(), (64 * 1024 * 1024).to_string());
+
+    a.signal("e1", init, 9).await.unwrap();
+    assert_eq!(a.wait("e1", init, INFINITE).await, Ok(137));
+    assert_eq!(
+        a.notification().await.notification_type,
+        NotificationType::ForcedExit
+    );
+    a.delete("e1").await;
+}
+
+#[tokio::test]
+async fn seccomp_profile_is_enforced() {
+    let a = Agent::start("seccomp").await;
+    a.create_edit("s1", &["sh", "-c", "mkdir /tmp/x; echo rc=$?"], false, |s| {
+        let mut linux = s.linux().clone().unwrap();
+        let profile = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
+        s.set_linux(Some(linux));
+    })
+    .await;
+    let (pid, io) = a.start_init("s1", [false, true, true]).await;
+    let (out, err) = io.output().await;
+    assert_eq!(out, "rc=1\n", "stderr: {err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(a.wait("s1", pid, INFINITE).await, Ok(0));
+    a.notification().await;
+    a.delete("s1").await;
+}
+
+#[tokio::test]
+async fn forked_child_outliving_init_and_creating_state() {
+    let a = Agent::start("fork").await;
+    // a wait while the Create is still running answers 0x80370105
+    let bundle = a.dir.0.join("bundles").join("c0");
+    rootfs(&bundle);
+    let spec = a.spec(&bundle, &["true"], false);
+    let (created, waited) = tokio::join!(a.create_with("c0", spec, &bundle), async {
+        tokio::task::yield_now().await;
+        a.wait("c0", 1, 0).await
+    });
+    created.unwrap();
+    assert_eq!(waited, Err(HResult::INVALID_STATE));
+    let (pid, io) = a.start_init("c0", [false, false, false]).await;
+    io.output().await;
+    assert_eq!(a.wait("c0", pid, INFINITE).await, Ok(0));
+    a.notification().await;
+    a.delete("c0").await;
+
+    // a failed build leaves nothing behind: the same ID can be created again
+    let bundle = a.dir.0.join("bundles").join("bad1");
+    rootfs(&bundle);
+    let spec = a.spec(&bundle, &["/no/such/program"], false);
+    assert_eq!(a.create_with("bad1", spec, &bundle).await, Err(HResult::FAIL));
+    assert!(
+        !a.dir.0.join("run/runtime/bad1").exists(),
+        "libcontainer state left after a failed build"
+    );
+    assert!(cgroup_leftovers("bad1").is_empty());
+    assert_eq!(a.wait("bad1", 1, 0).await, Err(HResult::SYSTEM_NOT_FOUND));
+    a.create("bad1", &["true"], false).await;
+    a.delete("bad1").await;
+
+    a.create("f1", &["sh", "-c", "sleep 100 & echo started"], false)
+        .await;
+    let (pid, io) = a.start_init("f1", [false, true, false]).await;
+    let t = Instant::now();
+    assert_eq!(a.wait("f1", pid, INFINITE).await, Ok(0));
+    assert_eq!(io.output().await.0, "started\n");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    a.notification().await;
+    a.delete("f1").await;
+    a.no_notification().await;
+}
+
+#[tokio::test]
+async fn uvm_processes_exact_env_and_pty() {
+    let a = Agent::start("uvm").await;
+    let mut env = BTreeMap::new();
+    env.insert("ONLY".to_owned(), "this".to_owned());
+    let params = ProcessParameters {
+        command_line: "sh -c 'env; exit 4'".into(),
+        environment: env.clone(),
+        working_directory: "/tmp".into(),
+        ..Default::default()
+    };
+    let (pid, io) = a
+        .execute(UVM_CONTAINER_ID, params, [false, true, false])
+        .await
+        .unwrap();
+    let (out, _) = io.output().await;
+    let mut lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with('_'))
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["ONLY=this"], "{out}");
+    assert_eq!(a.wait(UVM_CONTAINER_ID, pid, INFINITE).await, Ok(4));
+
+    // a pty: session leader with a controlling tty, resize seen, signals work
+    let params = ProcessParameters {
+        command_args: vec!["sh".into()],
+        environment: env,
+        emulate_console: true,
+        console_size: vec![20, 70],
+        ..Default::default()
+    };
+    let (pid, mut io) = a
+        .execute(UVM_CONTAINER_ID, params, [true, true, false])
+        .await
+        .unwrap();
+    a.client
+        .call::<_, Empty>(
+            MessageId::RESIZE_CONSOLE,
+            UVM_CONTAINER_ID,
+            &ResizeConsoleRequest {
+                process_id: pid,
+                height: 40,
+                width: 120,
+            },
+        )
+        .await
+        .unwrap();
+    io.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"stty size; tty; exec sleep 100\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal(UVM_CONTAINER_ID, pid, 9).await.unwrap();
+    assert_eq!(a.wait(UVM_CONTAINER_ID, pid, INFINITE).await, Ok(u32::MAX));
+    let (out, _) = io.output().await;
+    assert!(out.contains("40 120") && out.contains("/dev/pts/"), "{out:?}");
+}
+
+/// A cgroup file of a container, on the v1 (hybrid) layout of this host or on v2.
+fn cgroup_value(ctrl: &str, id: &str, file: &str) -> String {
+    let v1 = Path::new("/sys/fs/cgroup")
+        .join(ctrl)
+        .join("containers")
+        .join(id)
+        .join(file);
+    std::fs::read_to_string(&v1).unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
+}
+
+fn cgroup_leftovers(prefix: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for ctrl in ["memory", "pids", "cpu", "freezer", "devices", "blkio", "cpuset"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("containers");
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) {
+                    left.push(format!("{ctrl}/{name}"));
+                }
+            }
+        }
+    }
+    left
+}
+
+fn mounts_under(dir: &Path) -> usize {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&d))
+        .count()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let ppid: u32 = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if ppid == pid {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn fifty_cycles_leave_nothing_behind() {
+    let a = Agent::start("leak").await;
+    // warm-up cycle so lazily opened descriptors are counted in the baseline
+    let prefix = format!("lk{}x", std::process::id());
+    let cycle = |i: usize| {
+        let id = format!("{prefix}{i}");
+        let a = &a;
+        async move {
+            // libcontainer writes the caller's oom_score_adj for this: the zygote's, never ours
+            let (_, c) = a
+                .create_timed(&id, &["sh", "-c", "echo hi"], false, |s| {
+                    let mut p = s.process().clone().unwrap();
+                    p.set_oom_score_adj(Some(500));
+                    s.set_process(Some(p));
+                })
+                .await;
+            let t1 = Instant::now();
+            let (pid, io) = a.start_init(&id, [true, true, true]).await;
+            let s = t1.elapsed();
+            assert_eq!(io.output().await.0, "hi\n");
+            assert_eq!(a.wait(&id, pid, INFINITE).await, Ok(0));
+            assert_eq!(a.notification().await.container_id, id);
+            let t2 = Instant::now();
+            a.delete(&id).await;
+            (c, s, t2.elapsed())
+        }
+    };
+    let oom_before = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", a.pid())).unwrap();
+    let cwd_before = std::fs::read_link(format!("/proc/{}/cwd", a.pid())).unwrap();
+    cycle(0).await;
+    let fds = a.fd_count();
+    let children = children_of(a.pid()).len();
+    let mut creates = Vec::new();
+    let mut starts = Vec::new();
+    let mut deletes = Vec::new();
+    for i in 1..=50 {
+        let (c, s, d) = cycle(i).await;
+        creates.push(c);
+        starts.push(s);
+        deletes.push(d);
+    }
+    creates.sort();
+    starts.sort();
+    deletes.sort();
+    eprintln!(
+        "MEASURE 50 cycles: create p50 {:?} p90 {:?}; start p50 {:?}; delete p50 {:?}",
+        creates[25], creates[45], starts[25], deletes[25]
+    );
+    // give the reaper a moment for the last intermediates
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.fd_count(), fds, "agent descriptors leaked");
+    let oom_after = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", a.pid())).unwrap();
+    assert_eq!(oom_after, oom_before, "the agent's OOM score changed");
+    let cwd_after = std::fs::read_link(format!("/proc/{}/cwd", a.pid())).unwrap();
+    assert_eq!(cwd_after, cwd_before, "the agent's cwd changed");
+    assert_eq!(
+        children_of(a.pid()).len(),
+        children,
+        "processes left behind (only the zygote may stay)"
+    );
+    assert_eq!(
+        cgroup_leftovers(&prefix),
+        Vec::<String>::new(),
+        "cgroups left behind"
+    );
+    assert_eq!(mounts_under(&a.dir.0), 0, "mounts left behind");
+    let runtime: Vec<_> = std::fs::read_dir(a.dir.0.join("run/runtime"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(runtime.is_empty(), "libcontainer state left: {runtime:?}");
+    let procs: Vec<_> = std::fs::read_dir(a.dir.0.join("run/procs"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
+    assert!(procs.is_empty(), "per-process state left: {procs:?}");
+}
+
+#[tokio::test]
+async fn cgroup_v2_lifecycle_leaves_nothing_behind() {
+    let a = Agent::start_with("v2", true).await;
+    for i in 0..3 {
+        let id = format!("v2c{}x{i}", std::process::id());
+        a.create(&id, &["sleep", "100"], false).await;
+        let (init, _io) = a.start_init(&id, [false, false, false]).await;
+        let (pid, io) = a
+            .exec(
+                &id,
+                &["sh", "-c", "sleep 0.3; echo x"],
+                [false, true, false],
+                |_| {},
+            )
+            .await;
+        // seen from the root cgroup namespace, init and exec sit in the v2 leaf
+        for p in [init, pid] {
+            let cg = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
+            assert!(cg.lines().any(|l| l == format!("0::/containers/{id}")), "{cg}");
+        }
+        assert_eq!(io.output().await.0, "x\n");
+        assert_eq!(a.wait(&id, pid, INFINITE).await, Ok(0));
+        a.signal(&id, init, 9).await.unwrap();
+        assert_eq!(a.wait(&id, init, INFINITE).await, Ok(137));
+        a.notification().await;
+        a.delete(&id).await;
+        // the agent's view of /sys/fs/cgroup is its own cgroup2 mount: look through its root
+        let leaf = format!("/proc/{}/root/sys/fs/cgroup/containers/{id}", a.pid());
+        assert!(!Path::new(&leaf).exists(), "{leaf} left behind");
+    }
+}
