@@ -2,7 +2,8 @@
 # Builds the static guest binary (gcs: init + agent, glibc +crt-static), the host CLI (rgcs),
 # and the initrd. Prints nothing but errors and the artefact paths.
 #   out/gcs          the static guest binary
-#   out/initrd.img   newc initrd: /init = gcs, kernel modules, /etc/rgcs/modules
+#   out/initrd.img        newc initrd: /init = gcs, kernel modules, /etc/rgcs/modules, /bin/busybox
+#   out/initrd-bench.img  the same plus runc and crun (for `rgcs bench containers`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-gnu
@@ -19,5 +20,10 @@ case "$lddout" in
   *) echo "build: out/gcs is not a static executable: $lddout" >&2; exit 1 ;;
 esac
 cargo build --quiet --locked --release -p rgcs-host-shim
-target/release/rgcs initrd build --agent out/gcs -o out/initrd.img >&2
-echo "build: out/gcs out/initrd.img target/release/rgcs" >&2
+# /bin/busybox: the UVM shell the VM tests use, and the source of the containers' busybox rootfs.
+target/release/rgcs initrd build --agent out/gcs --busybox /bin/busybox -o out/initrd.img >&2
+# The bench initrd adds Debian's runc and crun (with their ldd-resolved libraries and the loader)
+# for `rgcs bench containers --initrd out/initrd-bench.img`.
+target/release/rgcs initrd build --agent out/gcs --busybox /bin/busybox \
+  --runtime /usr/sbin/runc --runtime /usr/bin/crun -o out/initrd-bench.img >&2
+echo "build: out/gcs out/initrd.img out/initrd-bench.img target/release/rgcs" >&2

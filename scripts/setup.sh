@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything rgcs needs on a fresh Debian 12 machine (root):
 #   qemu-system-x86 (the UVM), linux-image-amd64 (guest kernel + modules), e2fsprogs (ext4 layers),
-#   busybox-static (test rootfs), vhost-device-vsock (host end of vsock, pinned), cargo-fuzz.
+#   busybox-static (test rootfs), libseccomp-dev (static libseccomp for the agent), runc + crun (containers benchmark), vhost-device-vsock (host end of vsock, pinned), cargo-fuzz.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -14,6 +14,11 @@ command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 compgen -G '/boot/vmlinuz-*-amd64' >/dev/null || need_apt+=(linux-image-amd64)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need_apt+=(busybox-static)
+# libcontainer's seccomp support links libseccomp.a statically into the guest binary.
+[ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ] || need_apt+=(libseccomp-dev)
+# runc and crun: only for the containers benchmark's comparison (shipped in out/initrd-bench.img).
+[ -x /usr/sbin/runc ] || need_apt+=(runc)
+[ -x /usr/bin/crun ] || need_apt+=(crun)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

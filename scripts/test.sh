@@ -12,4 +12,4 @@ if [ -w /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ]; then
 else
   echo "test: no usable hardware KVM here (missing, or PVM): VM tests run under TCG (slow but real)" >&2
 fi
-cargo test --locked --workspace --all-features
+cargo test --locked --workspace --all-features --no-fail-fast

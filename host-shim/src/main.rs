@@ -1,26 +1,31 @@
-//! `rgcs`: the host CLI. Parses arguments, calls the library, prints the error chain once.
+//! `rgcs`: the host CLI. Parses arguments, calls the library (through `cli/`), prints the error
+//! chain once.
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rgcs_host_shim::bench;
-use rgcs_host_shim::initrd::{self, InitrdSpec};
+use rgcs_host_shim::initrd::{self, ExtraEntry, InitrdSpec};
 use rgcs_host_shim::kernel;
-use rgcs_host_shim::session::{BootOptions, Session};
-use rgcs_host_shim::vm::{Accel, Uvm, UvmOptions, BRIDGE_PORT};
+use rgcs_host_shim::session::BootOptions;
+use rgcs_host_shim::vm::Accel;
 
 #[derive(Parser)]
 #[command(
     name = "rgcs",
     version,
-    about = "rgcs host shim: build, boot and drive Linux utility VMs"
+    about = "rgcs host shim: build, boot and drive Linux utility VMs and their containers"
 )]
 struct Cli {
     /// Log filter for host-side (and re-emitted guest) logs, e.g. `info` or `rgcs_host_shim=debug`.
     #[arg(long, global = true, env = "RGCS_LOG", default_value = "warn")]
     log: String,
+    /// The serve directory of a running `rgcs uvm boot --serve-dir DIR` (container commands).
+    #[arg(long, global = true, env = "RGCS_UVM", value_name = "DIR")]
+    uvm: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +47,47 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Run an OCI image in a fresh UVM (layers on SCSI, scratch, overlay); exit with its code.
+    Run(cli::image::RunArgs),
+    /// OCI images: import to ext4 layer disks, or build the busybox demo image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Create a container (Create + Start; the init runs on `start`).
+    Create(cli::containers::CreateArgs),
+    /// Run a container's init process attached; exit with its exit code.
+    Start {
+        /// Attach the local stdin.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Container ID.
+        id: String,
+    },
+    /// Run a process in a container attached; exit with its exit code.
+    Exec(cli::containers::ProcessOpts),
+    /// List a container's processes (UVM PIDs).
+    Ps {
+        /// Container ID.
+        id: String,
+    },
+    /// Print a container's statistics (JSON).
+    Stats {
+        /// Container ID.
+        id: String,
+    },
+    /// Signal a container's init (or PID).
+    Kill(cli::containers::KillArgs),
+    /// Delete a container's state (-f: kill its init first).
+    Rm {
+        /// Kill a running init first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Container ID.
+        id: String,
+    },
+    /// Print the guest agent's DumpStacks text.
+    Stacks,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +100,37 @@ enum InitrdCommand {
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
+        /// A static busybox to install as /bin/busybox (container rootfs source, UVM shell).
+        #[arg(long)]
+        busybox: Option<PathBuf>,
+        /// A dynamically linked binary to install at its own path with its `ldd` libraries
+        /// (bench initrds: runc, crun). Repeatable.
+        #[arg(long = "runtime")]
+        runtimes: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Convert an OCI layout or `docker save` tar into cached ext4 layer images.
+    Import {
+        /// OCI image layout directory, OCI tar or `docker save` tar.
+        path: PathBuf,
+        /// Layer cache directory.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the busybox demo image (3 layers) as an OCI layout.
+    Demo {
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The static busybox.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
     },
 }
 
@@ -64,7 +141,7 @@ enum UvmCommand {
 }
 
 #[derive(Args)]
-struct VmArgs {
+pub(crate) struct VmArgs {
     /// The initrd (from `rgcs initrd build`).
     #[arg(long, env = "RGCS_INITRD", default_value = "out/initrd.img")]
     initrd: PathBuf,
@@ -87,14 +164,17 @@ struct BootArgs {
     #[command(flatten)]
     vm: VmArgs,
     /// Boot, negotiate, print the capabilities as JSON, power off, exit 0.
-    #[arg(long, conflicts_with = "no_bridge")]
+    #[arg(long, conflicts_with_all = ["no_bridge", "serve_dir"])]
     check: bool,
     /// Do not serve the bridge port: leave it to another host program.
-    #[arg(long, requires = "vsock_dir")]
+    #[arg(long, requires = "vsock_dir", conflicts_with = "serve_dir")]
     no_bridge: bool,
     /// Directory in which the VM's run directory (and its vsock Unix sockets) is created.
     #[arg(long)]
     vsock_dir: Option<PathBuf>,
+    /// Keep the VM and serve container commands on DIR/control.sock (`rgcs --uvm DIR …`).
+    #[arg(long, value_name = "DIR")]
+    serve_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +190,31 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Image import against mkfs.ext4 -d, and 9p against a scratch disk in one UVM.
+    Storage {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The image to import (default: the busybox demo image).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// MiB written and read in the UVM.
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Container lifecycle and exec through rgcs, runc and crun in one UVM (use the bench initrd).
+    Containers {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Samples per row.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        runs: usize,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -120,7 +225,7 @@ enum AccelArg {
 }
 
 impl VmArgs {
-    fn boot_options(&self) -> BootOptions {
+    pub(crate) fn boot_options(&self) -> BootOptions {
         let mut o = BootOptions::new(&self.initrd);
         o.memory_mib = self.memory;
         o.cpus = self.cpus;
@@ -151,23 +256,44 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rgcs: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Do not wait for blocking tasks (a read of the local stdin may never end).
+    runtime.shutdown_background();
+    code
 }
 
-async fn run(command: Command) -> Result<ExitCode> {
-    match command {
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let uvm = cli.uvm.as_deref();
+    match cli.command {
         Command::Initrd {
-            command: InitrdCommand::Build { agent, output },
+            command:
+                InitrdCommand::Build {
+                    agent,
+                    output,
+                    busybox,
+                    runtimes,
+                },
         } => {
             let kernel = kernel::locate().context("cannot find the guest kernel")?;
-            let report = initrd::build(&InitrdSpec::new(agent, &output, &kernel))
-                .context("cannot build the initrd")?;
+            let mut spec = InitrdSpec::new(agent, &output, &kernel);
+            if let Some(bb) = busybox {
+                spec.extras.push(ExtraEntry::File {
+                    source: bb,
+                    dest: "/bin/busybox".into(),
+                    mode: 0o755,
+                });
+            }
+            spec.extras
+                .extend(rgcs_host_shim::bench::containers::dynamic_binary_entries(
+                    &runtimes,
+                )?);
+            let report = initrd::build(&spec).context("cannot build the initrd")?;
             eprintln!(
                 "initrd: {} ({} KiB, kernel {}, {} modules)",
                 report.output.display(),
@@ -179,93 +305,30 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Uvm {
             command: UvmCommand::Boot(args),
-        } => boot(args).await,
-        Command::Bench {
-            command: BenchCommand::Boot { vm, runs, json },
-        } => {
-            if runs == 0 {
-                bail!("-n must be at least 1");
-            }
-            let report = bench::boot(&vm.boot_options(), runs)
-                .await
-                .context("boot benchmark failed")?;
-            let title = format!(
-                "boot benchmark: {} boots, accel {}, {} MiB, {} vCPU",
-                runs, report.accel, report.memory_mib, report.cpus
-            );
-            print!("{}", bench::table(&title, &report.rows));
-            if let Some(path) = json {
-                bench::write_json(&path, &report)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cli::uvm::boot(args).await,
+        Command::Bench { command } => cli::bench::run(command).await,
+        Command::Run(a) => cli::image::run(a).await,
+        Command::Image {
+            command: ImageCommand::Import { path, cache, json },
+        } => cli::image::import(path, cache, json).await,
+        Command::Image {
+            command: ImageCommand::Demo { output, busybox },
+        } => cli::image::demo(output, busybox),
+        Command::Create(a) => cli::containers::create(uvm, a).await,
+        Command::Start { interactive, id } => cli::containers::start(uvm, id, interactive).await,
+        Command::Exec(p) => cli::containers::exec(uvm, p).await,
+        Command::Ps { id } => cli::containers::ps(uvm, id).await,
+        Command::Stats { id } => cli::containers::stats(uvm, id).await,
+        Command::Kill(k) => cli::containers::kill(uvm, k).await,
+        Command::Rm { force, id } => cli::containers::rm(uvm, id, force).await,
+        Command::Stacks => cli::containers::stacks(uvm).await,
     }
 }
 
-async fn boot(args: BootArgs) -> Result<ExitCode> {
-    let opts = args.vm.boot_options();
-    if args.check {
-        let session = Session::boot(&opts).await.context("boot failed")?;
-        let caps = serde_json::to_string_pretty(&session.capabilities)?;
-        println!("{caps}");
-        eprintln!(
-            "uvm: negotiated protocol v4 {:.0} ms after QEMU spawn; guest /init -> ready {:.1} ms",
-            session.timings.spawn_to_negotiated.as_secs_f64() * 1e3,
-            session.timings.init_to_ready_ms()
-        );
-        let status = session.power_off().await.context("power-off failed")?;
-        if !status.success() {
-            bail!("QEMU exited with {status} after power-off");
-        }
-        return Ok(ExitCode::SUCCESS);
+/// Fails with a readable message for a zero sample count.
+fn check_runs(runs: usize) -> Result<()> {
+    if runs == 0 {
+        bail!("-n must be at least 1");
     }
-    let mut cfg = opts.uvm_config()?;
-    if let Some(dir) = &args.vsock_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        cfg.run_dir_parent = dir.clone();
-    }
-    let uvm_opts = UvmOptions {
-        serve_bridge: !args.no_bridge,
-        ..UvmOptions::default()
-    };
-    let uvm = Uvm::start(&cfg, &uvm_opts)
-        .await
-        .context("cannot start the utility VM")?;
-    println!("vsock prefix: {}", uvm.vsock_prefix().display());
-    // Held until the VM stops: dropping it would close the bridge.
-    let _bridge = if args.no_bridge {
-        println!(
-            "bridge: guest port {BRIDGE_PORT} arrives at {}_{BRIDGE_PORT}; listen there",
-            uvm.vsock_prefix().display()
-        );
-        None
-    } else {
-        let stream = uvm.accept_bridge(rgcs_host_shim::session::BOOT_TIMEOUT).await?;
-        let bridge = rgcs_host_shim::bridge::BridgeClient::new(stream);
-        let caps = bridge.negotiate().await?;
-        println!("{}", serde_json::to_string(&caps.capabilities)?);
-        Some(bridge)
-    };
-    println!("running; Ctrl-C stops the VM and cleans up");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = wait_term() => {}
-        status = uvm.wait(FOREVER) => {
-            eprintln!("uvm: QEMU exited: {status:?}");
-        }
-    }
-    uvm.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// "Until interrupted": a year.
-const FOREVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-
-async fn wait_term() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
+    Ok(())
 }

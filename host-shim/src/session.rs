@@ -15,6 +15,23 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a powered-off guest gets to make QEMU exit.
 pub const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Environment variable naming the initrd to boot (set by `scripts/test.sh`; the CLI reads it too).
+pub const ENV_INITRD: &str = "RGCS_INITRD";
+
+/// The initrd named by [`ENV_INITRD`]; the error says how to build one.
+pub fn initrd_from_env() -> Result<PathBuf, String> {
+    let path = std::env::var_os(ENV_INITRD).map(PathBuf::from).ok_or_else(|| {
+        format!("{ENV_INITRD} is not set: run `bash scripts/test.sh`, or `bash scripts/build.sh` and export {ENV_INITRD}=$PWD/out/initrd.img")
+    })?;
+    if !path.is_file() {
+        return Err(format!(
+            "{ENV_INITRD}={} does not exist: run `bash scripts/build.sh`",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct BootOptions {

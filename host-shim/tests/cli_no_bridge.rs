@@ -15,15 +15,7 @@ use tokio::net::UnixListener;
 use tokio::time::timeout;
 
 fn initrd() -> PathBuf {
-    let p = std::env::var_os("RGCS_INITRD")
-        .map(PathBuf::from)
-        .expect("RGCS_INITRD is not set: run `bash scripts/test.sh`");
-    assert!(
-        p.is_file(),
-        "RGCS_INITRD={} does not exist: run `bash scripts/build.sh`",
-        p.display()
-    );
-    p
+    rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn live_processes_mentioning(needle: &Path) -> usize {

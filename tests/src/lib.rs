@@ -13,15 +13,7 @@ use rgcs_host_shim::session::BootOptions;
 
 /// The initrd to boot, from `RGCS_INITRD`.
 pub fn initrd() -> PathBuf {
-    let path = std::env::var_os("RGCS_INITRD").map(PathBuf::from).unwrap_or_else(|| {
-        panic!("RGCS_INITRD is not set: run `bash scripts/test.sh`, or `bash scripts/build.sh` and export RGCS_INITRD=$PWD/out/initrd.img")
-    });
-    assert!(
-        path.is_file(),
-        "RGCS_INITRD={} does not exist: run `bash scripts/build.sh`",
-        path.display()
-    );
-    path
+    rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Boot options for tests: the test initrd, debug guest logs.

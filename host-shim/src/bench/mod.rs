@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub mod containers;
+
 use crate::session::{BootOptions, Session, SessionError};
 
 /// Summary statistics of one series, in milliseconds.

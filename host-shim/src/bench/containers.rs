@@ -1,0 +1,541 @@
+//! `rgcs bench containers`: the container lifecycle (create + start + wait + delete of `true`)
+//! and an exec of `true`, through rgcs and, in the same UVM and run, through Debian's `runc` and
+//! `crun` binaries shipped in a bench initrd (`rgcs initrd build --runtime …`).
+//!
+//! Timing, and what each side includes:
+//! * **rgcs** is timed on the host (monotonic clock) around the bridge calls: Create, Start,
+//!   ExecuteProcess (init, no stdio pipes), WaitForProcess, DeleteContainerState — so it includes
+//!   five host↔guest vsock round trips and the agent's JSON handling, as a real host sees it.
+//! * **runc / crun** are timed inside the guest: a busybox shell loop runs
+//!   `runc run --no-pivot --bundle B id` (which creates, starts, waits and deletes) with stdio on
+//!   `/dev/null`, printing a marker line before and after each run into busybox `ts '%.s'`, which
+//!   stamps lines with microsecond wall-clock time. The loop's own overhead (an empty iteration:
+//!   two markers) is measured the same way and subtracted from each sample. No bridge, no vsock.
+//! * exec: rgcs ExecuteProcess (with `OciProcess`) + WaitForProcess from the host; runtimes
+//!   `runc exec C /bin/true` in the guest loop.
+//!
+//! Both run the same OCI spec (the one [`ContainerSpec`] builds) over the same busybox rootfs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{BenchError, Row, Summary};
+use crate::containers::{
+    exec_process, init_process, prepare_busybox_rootfs, uvm_sh, uvm_sh_ok, ContainerClient, ContainerError,
+    ContainerSpec, Pipes, ProcessSpec, UvmShellError, BUSYBOX_ROOTFS,
+};
+use crate::initrd::ExtraEntry;
+use crate::session::{BootOptions, Session};
+
+/// Where the bench initrd puts the runtimes (their Debian paths).
+pub const RUNTIMES: [(&str, &str); 2] = [("runc", "/usr/sbin/runc"), ("crun", "/usr/bin/crun")];
+
+/// The containers benchmark's JSON document.
+#[derive(Debug, Serialize)]
+pub struct ContainersReport {
+    /// `"containers"`.
+    pub benchmark: &'static str,
+    /// Accelerator.
+    pub accel: String,
+    /// Guest RAM, MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Samples per row.
+    pub runs: usize,
+    /// How each side is timed.
+    pub method: &'static str,
+    /// Rows (ms).
+    pub rows: Vec<Row>,
+    /// `rgcs median / runtime median` per comparison.
+    pub ratios: Vec<Ratio>,
+    /// Runtimes not found in the initrd.
+    pub missing_runtimes: Vec<String>,
+    /// Series that failed (the others still ran).
+    pub errors: Vec<String>,
+}
+
+/// One ratio.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// e.g. `lifecycle rgcs/runc`.
+    pub what: String,
+    /// Median ratio.
+    pub median: f64,
+    /// p90 ratio.
+    pub p90: f64,
+    /// The target (≤).
+    pub target: Option<f64>,
+}
+
+/// The table header line that says how each side is timed.
+pub const METHOD: &str = "rgcs: host clock around the bridge calls (incl. vsock round trips); runc/crun: in-guest busybox loop stamped by `ts`, loop overhead subtracted";
+
+/// Errors of the containers benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainersBenchError {
+    /// Boot failed.
+    #[error("boot failed")]
+    Boot(#[from] crate::session::SessionError),
+    /// A container call failed.
+    #[error("{step} failed")]
+    Call {
+        /// Which step.
+        step: String,
+        /// Why.
+        #[source]
+        source: ContainerError,
+    },
+    /// A UVM shell step failed.
+    #[error("{step} failed")]
+    Shell {
+        /// Which step.
+        step: String,
+        /// Why.
+        #[source]
+        source: UvmShellError,
+    },
+    /// The in-guest loop printed something unexpected.
+    #[error("cannot parse the {runtime} loop output: {detail}")]
+    Parse {
+        /// Which runtime.
+        runtime: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// `true` did not exit 0.
+    #[error("{what} (`/bin/true`) exited with {code}")]
+    BadExit {
+        /// Which process.
+        what: String,
+        /// Its exit code.
+        code: u32,
+    },
+    /// Summaries.
+    #[error("benchmark summary")]
+    Summary(#[from] BenchError),
+    /// Initrd extras could not be resolved.
+    #[error("cannot resolve the libraries of {path}")]
+    Ldd {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn call(step: impl Into<String>) -> impl FnOnce(ContainerError) -> ContainersBenchError {
+    let step = step.into();
+    move |source| ContainersBenchError::Call { step, source }
+}
+
+fn shell(step: impl Into<String>) -> impl FnOnce(UvmShellError) -> ContainersBenchError {
+    let step = step.into();
+    move |source| ContainersBenchError::Shell { step, source }
+}
+
+fn row(metric: &str, samples: Vec<f64>) -> Result<Row, BenchError> {
+    let summary = Summary::of(&samples).ok_or(BenchError::NoSamples("containers"))?;
+    Ok(Row {
+        metric: metric.to_owned(),
+        summary,
+        samples,
+    })
+}
+
+/// One rgcs lifecycle of `true`; returns ms.
+async fn rgcs_lifecycle(c: &ContainerClient, id: &str) -> Result<f64, ContainersBenchError> {
+    let config = ContainerSpec::new(id, BUSYBOX_ROOTFS, ProcessSpec::new(["/bin/true"]))
+        .config()
+        .map_err(|e| call(format!("spec of {id}"))(e.into()))?;
+    let t0 = Instant::now();
+    c.create_container(id, config)
+        .await
+        .map_err(call(format!("create {id}")))?;
+    c.start(id).await.map_err(call(format!("start {id}")))?;
+    let (pid, _stdio) = c
+        .execute_process(id, init_process(Pipes::NONE))
+        .await
+        .map_err(call(format!("init of {id}")))?;
+    let code = c
+        .wait_for_process(id, pid, None)
+        .await
+        .map_err(call(format!("wait for {id}")))?;
+    c.delete_container_state(id)
+        .await
+        .map_err(call(format!("delete {id}")))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if code != 0 {
+        return Err(ContainersBenchError::BadExit {
+            what: format!("the init of {id}"),
+            code,
+        });
+    }
+    Ok(ms)
+}
+
+/// The rgcs exec series: `/bin/true` execs in a running `sleep` container.
+async fn rgcs_exec(c: &ContainerClient, runs: usize) -> Result<Vec<f64>, ContainersBenchError> {
+    let exec_id = "bench-exec";
+    let config = ContainerSpec::new(
+        exec_id,
+        BUSYBOX_ROOTFS,
+        ProcessSpec::new(["/bin/sleep", "100000"]),
+    )
+    .config()
+    .map_err(|e| call("spec of bench-exec")(e.into()))?;
+    c.create_container(exec_id, config)
+        .await
+        .map_err(call("create bench-exec"))?;
+    c.start(exec_id).await.map_err(call("start bench-exec"))?;
+    let (init, _s) = c
+        .execute_process(exec_id, init_process(Pipes::NONE))
+        .await
+        .map_err(call("init of bench-exec"))?;
+    let proc_true = ProcessSpec::new(["/bin/true"]);
+    let series = async {
+        let mut exec = Vec::with_capacity(runs);
+        for i in 0..runs + 2 {
+            let t0 = Instant::now();
+            let (pid, _s) = c
+                .execute_process(exec_id, exec_process(&proc_true, Pipes::NONE))
+                .await
+                .map_err(call(format!("exec {i} in bench-exec")))?;
+            let code = c
+                .wait_for_process(exec_id, pid, None)
+                .await
+                .map_err(call(format!("wait for exec {i}")))?;
+            if code != 0 {
+                return Err(ContainersBenchError::BadExit {
+                    what: format!("exec {i} in {exec_id}"),
+                    code,
+                });
+            }
+            if i >= 2 {
+                exec.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok::<_, ContainersBenchError>(exec)
+    }
+    .await;
+    // Clean up whatever happened (the init may already be gone).
+    let _ = c.signal_process(exec_id, init, None).await;
+    let _ = c.wait_for_process(exec_id, init, None).await;
+    let _ = c.delete_container_state(exec_id).await;
+    let exec = series?;
+    Ok(exec)
+}
+
+/// Parses `ts '%.s'` output of marker lines `S i` / `E i rc` into per-iteration ms.
+pub fn parse_marks(text: &str) -> Result<Vec<f64>, String> {
+    let mut starts = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split_whitespace();
+        let (Some(ts), Some(kind), Some(i)) = (f.next(), f.next(), f.next()) else {
+            return Err(format!("bad line {line:?}"));
+        };
+        let ts: f64 = ts.parse().map_err(|_| format!("bad time in {line:?}"))?;
+        match kind {
+            "S" => {
+                starts.insert(i.to_owned(), ts);
+            }
+            "E" => {
+                let rc = f.next().unwrap_or("0");
+                if rc != "0" {
+                    let why = text
+                        .lines()
+                        .find(|l| l.split_whitespace().nth(1) == Some("X"))
+                        .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default();
+                    return Err(format!("iteration {i} failed with {rc}: {why}"));
+                }
+                let s = starts.remove(i).ok_or_else(|| format!("no start for {i}"))?;
+                out.push((ts - s) * 1e3);
+            }
+            "X" => {}
+            _ => return Err(format!("bad marker in {line:?}")),
+        }
+    }
+    Ok(out)
+}
+
+/// The in-guest loop: `n` iterations of `cmd` (with `$i` the iteration), stamped by `ts`.
+fn loop_script(n: usize, cmd: &str) -> String {
+    format!(
+        "i=0; while [ $i -lt {n} ]; do echo \"S $i\"; {cmd} </dev/null >/run/bench/out 2>&1; rc=$?; echo \"E $i $rc\"; \
+         [ $rc = 0 ] || echo \"X $i $(head -c 400 /run/bench/out | tr '\\n' ' ')\"; i=$((i+1)); done | /bin/busybox ts '%.s'"
+    )
+}
+
+fn median(v: &[f64]) -> f64 {
+    Summary::of(v).map_or(0.0, |s| s.median)
+}
+
+/// Runs the benchmark in one UVM booted with `opts` (use the bench initrd for the runtimes).
+pub async fn containers(opts: &BootOptions, runs: usize) -> Result<ContainersReport, ContainersBenchError> {
+    let session = Session::boot(opts).await?;
+    let accel = format!("{:?}", session.uvm.accel());
+    let Session { uvm, bridge, .. } = session;
+    let client = ContainerClient::new(Arc::new(bridge), uvm.vsock_prefix());
+    let result = run(&client, runs).await;
+    let _ = client.bridge().shutdown_uvm(true).await;
+    let _ = uvm.wait(crate::session::POWER_OFF_TIMEOUT).await;
+    uvm.shutdown().await;
+    let (rows, ratios, missing, errors) = result?;
+    Ok(ContainersReport {
+        benchmark: "containers",
+        accel,
+        memory_mib: opts.memory_mib,
+        cpus: opts.cpus,
+        runs,
+        method: METHOD,
+        rows,
+        ratios,
+        missing_runtimes: missing,
+        errors,
+    })
+}
+
+type Outcome = (Vec<Row>, Vec<Ratio>, Vec<String>, Vec<String>);
+
+async fn run(c: &ContainerClient, runs: usize) -> Result<Outcome, ContainersBenchError> {
+    let mut errors = Vec::new();
+    prepare_busybox_rootfs(c, BUSYBOX_ROOTFS)
+        .await
+        .map_err(shell("busybox rootfs"))?;
+    // Warm-up (page cache, first cgroup creation), not measured.
+    for w in 0..2 {
+        rgcs_lifecycle(c, &format!("bench-warm-{w}")).await?;
+    }
+    let mut life = Vec::with_capacity(runs);
+    for i in 0..runs {
+        life.push(rgcs_lifecycle(c, &format!("bench-life-{i}")).await?);
+    }
+    let exec = match rgcs_exec(c, runs).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let text = crate::containers::control::chain(&e);
+            tracing::warn!(error = %text, "rgcs exec series failed");
+            errors.push(format!("rgcs exec: {text}"));
+            None
+        }
+    };
+
+    let mut rows = vec![row(
+        "rgcs lifecycle (create+start+wait+delete true)",
+        life.clone(),
+    )?];
+    if let Some(exec) = &exec {
+        rows.push(row("rgcs exec true (exec+wait)", exec.clone())?);
+    }
+    let mut ratios = Vec::new();
+    let mut missing = Vec::new();
+    let life_s = Summary::of(&life).ok_or(BenchError::NoSamples("rgcs"))?;
+    let exec_s = exec.as_deref().and_then(Summary::of);
+
+    // The runtimes, in the same UVM.
+    let spec_true = ContainerSpec::new("rt", BUSYBOX_ROOTFS, ProcessSpec::new(["/bin/true"]))
+        .oci_spec()
+        .map_err(|e| call("runtime spec")(e.into()))?;
+    let spec_sleep = ContainerSpec::new("rt", BUSYBOX_ROOTFS, ProcessSpec::new(["/bin/sleep", "100000"]))
+        .oci_spec()
+        .map_err(|e| call("runtime spec")(e.into()))?;
+    let to_json = |s| serde_json::to_vec(s).unwrap_or_default();
+    uvm_sh(
+        c,
+        "mkdir -p /run/bench/true /run/bench/sleep && cat > /run/bench/true/config.json",
+        &to_json(&spec_true),
+    )
+    .await
+    .map_err(shell("runtime bundle"))?;
+    uvm_sh(c, "cat > /run/bench/sleep/config.json", &to_json(&spec_sleep))
+        .await
+        .map_err(shell("runtime bundle"))?;
+    let baseline_out = uvm_sh_ok(c, &loop_script(runs, ":"))
+        .await
+        .map_err(shell("loop baseline"))?;
+    let baseline = parse_marks(&baseline_out).map_err(|detail| ContainersBenchError::Parse {
+        runtime: "baseline".into(),
+        detail,
+    })?;
+    let base = median(&baseline);
+    rows.push(row("in-guest loop overhead (subtracted below)", baseline)?);
+    for (name, path) in RUNTIMES {
+        let present = uvm_sh(c, &format!("[ -x {path} ]"), b"")
+            .await
+            .map_err(shell(format!("look for {name}")))?;
+        if present.code != 0 {
+            missing.push(name.to_owned());
+            continue;
+        }
+        let run_cmd = format!("{path} run --no-pivot --bundle /run/bench/true bench-{name}-$i");
+        // Warm-up then the measured loop.
+        uvm_sh_ok(c, &loop_script(2, &run_cmd.replace("bench-", "warm-")))
+            .await
+            .map_err(shell(format!("{name} warm-up")))?;
+        let out = uvm_sh_ok(c, &loop_script(runs, &run_cmd))
+            .await
+            .map_err(shell(format!("{name} lifecycle loop")))?;
+        let samples: Vec<f64> = parse_marks(&out)
+            .map_err(|detail| ContainersBenchError::Parse {
+                runtime: name.into(),
+                detail,
+            })?
+            .into_iter()
+            .map(|v| (v - base).max(0.0))
+            .collect();
+        let s = Summary::of(&samples).ok_or(BenchError::NoSamples("runtime"))?;
+        rows.push(row(&format!("{name} lifecycle (run true, in guest)"), samples)?);
+        ratios.push(Ratio {
+            what: format!("lifecycle rgcs/{name}"),
+            median: life_s.median / s.median,
+            p90: life_s.p90 / s.p90,
+            target: Some(if name == "runc" { 0.5 } else { 1.0 }),
+        });
+        // exec in a detached container.
+        let cid = format!("bench-{name}-exec");
+        let setup =
+            format!("{path} run -d --no-pivot --bundle /run/bench/sleep {cid} </dev/null >/dev/null 2>&1");
+        uvm_sh_ok(c, &setup)
+            .await
+            .map_err(shell(format!("{name} run -d")))?;
+        let exec_cmd = format!("{path} exec {cid} /bin/true");
+        let out = uvm_sh_ok(c, &loop_script(runs + 2, &exec_cmd))
+            .await
+            .map_err(shell(format!("{name} exec loop")))?;
+        let _ = uvm_sh(
+            c,
+            &format!("{path} kill {cid} KILL; sleep 0.2; {path} delete -f {cid}"),
+            b"",
+        )
+        .await;
+        let samples: Vec<f64> = parse_marks(&out)
+            .map_err(|detail| ContainersBenchError::Parse {
+                runtime: name.into(),
+                detail,
+            })?
+            .into_iter()
+            .skip(2)
+            .map(|v| (v - base).max(0.0))
+            .collect();
+        let s = Summary::of(&samples).ok_or(BenchError::NoSamples("runtime"))?;
+        rows.push(row(&format!("{name} exec true (in guest)"), samples)?);
+        if let Some(exec_s) = exec_s {
+            ratios.push(Ratio {
+                what: format!("exec rgcs/{name}"),
+                median: exec_s.median / s.median,
+                p90: exec_s.p90 / s.p90,
+                target: None,
+            });
+        }
+    }
+    Ok((rows, ratios, missing, errors))
+}
+
+/// Renders the ratios as text lines.
+pub fn ratio_lines(ratios: &[Ratio]) -> String {
+    let mut s = String::new();
+    for r in ratios {
+        let target = r
+            .target
+            .map(|t| {
+                format!(
+                    " (target <= {t:.1}: {})",
+                    if r.median <= t { "met" } else { "NOT met" }
+                )
+            })
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:<24} median {:.2}x  p90 {:.2}x{target}\n",
+            r.what, r.median, r.p90
+        ));
+    }
+    s
+}
+
+/// Initrd entries for dynamically linked binaries: each binary at its own path (mode 0755) and
+/// every library `ldd` resolves for it, plus the dynamic loader, at their paths. Duplicates across
+/// binaries are listed once.
+pub fn dynamic_binary_entries(binaries: &[PathBuf]) -> Result<Vec<ExtraEntry>, ContainersBenchError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for bin in binaries {
+        let ldd = std::process::Command::new("ldd")
+            .arg(bin)
+            .output()
+            .map_err(|source| ContainersBenchError::Ldd {
+                path: bin.clone(),
+                source,
+            })?;
+        if !ldd.status.success() {
+            return Err(ContainersBenchError::Ldd {
+                path: bin.clone(),
+                source: std::io::Error::other(String::from_utf8_lossy(&ldd.stderr).trim().to_owned()),
+            });
+        }
+        let mut files = vec![(bin.clone(), 0o755)];
+        for lib in parse_ldd(&String::from_utf8_lossy(&ldd.stdout)) {
+            files.push((lib, 0o755));
+        }
+        for (path, mode) in files {
+            let dest = path.to_string_lossy().into_owned();
+            if seen.insert(dest.clone()) {
+                out.push(ExtraEntry::File {
+                    source: path,
+                    dest,
+                    mode,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The absolute library paths in `ldd` output (`x => /path (0x…)` and `/lib64/ld… (0x…)`).
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let p = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            p.starts_with('/').then(|| PathBuf::from(p))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn marks_parse_into_intervals() {
+        let t = "100.000000 S 0\n100.250000 E 0 0\n101.000000 S 1\n101.100000 E 1 0\n";
+        let v = parse_marks(t).unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(
+            (v[0] - 250.0).abs() < 1e-6 && (v[1] - 100.0).abs() < 1e-6,
+            "{v:?}"
+        );
+        assert!(parse_marks("1.0 S 0\n2.0 E 0 1\n").is_err());
+    }
+
+    #[test]
+    fn ldd_output_parses() {
+        let t = "\tlinux-vdso.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
+        assert_eq!(
+            parse_ldd(t),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
+}

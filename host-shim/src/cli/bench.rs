@@ -1,0 +1,53 @@
+//! `rgcs bench boot|containers`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use rgcs_host_shim::bench;
+
+use crate::{check_runs, BenchCommand};
+
+/// Runs a benchmark, prints its table, writes its JSON.
+pub async fn run(command: BenchCommand) -> Result<ExitCode> {
+    match command {
+        BenchCommand::Boot { vm, runs, json } => {
+            check_runs(runs)?;
+            let report = bench::boot(&vm.boot_options(), runs)
+                .await
+                .context("boot benchmark failed")?;
+            let title = format!(
+                "boot benchmark: {} boots, accel {}, {} MiB, {} vCPU",
+                runs, report.accel, report.memory_mib, report.cpus
+            );
+            print!("{}", bench::table(&title, &report.rows));
+            if let Some(path) = json {
+                bench::write_json(&path, &report)?;
+            }
+        }
+        BenchCommand::Storage { vm, image, mib, json } => {
+            return crate::cli::image::bench_storage(vm, image, mib, json).await;
+        }
+        BenchCommand::Containers { vm, runs, json } => {
+            check_runs(runs)?;
+            let report = bench::containers::containers(&vm.boot_options(), runs)
+                .await
+                .context("containers benchmark failed")?;
+            let title = format!(
+                "containers benchmark: n={}, accel {}, {} MiB, {} vCPU\ntiming: {}",
+                runs, report.accel, report.memory_mib, report.cpus, report.method
+            );
+            print!("{}", bench::table(&title, &report.rows));
+            print!("{}", bench::containers::ratio_lines(&report.ratios));
+            if !report.missing_runtimes.is_empty() {
+                println!(
+                    "not in this initrd: {} (build it with `rgcs initrd build --runtime …`, see scripts/build.sh)",
+                    report.missing_runtimes.join(", ")
+                );
+            }
+            if let Some(path) = json {
+                bench::write_json(&path, &report)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

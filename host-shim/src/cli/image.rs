@@ -1,0 +1,178 @@
+//! `rgcs run`, `rgcs image import|demo` and `rgcs bench storage`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use rgcs_host_shim::containers::ContainerClient;
+use rgcs_host_shim::image::{self, demo, Progress, TerminalProgress};
+use rgcs_host_shim::run::{self, RunOptions, Volume};
+use rgcs_host_shim::session::{Session, POWER_OFF_TIMEOUT};
+use rgcs_host_shim::{bench, p9, scratch};
+
+use crate::VmArgs;
+
+/// `rgcs run [-v HOSTDIR:CTRDIR[:ro]]... [-t] [-i] [-e K=V]... IMAGE [-- CMD...]`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Share a host directory: HOSTDIR:CTRDIR[:ro] (Plan 9 over vsock). Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:CTRDIR[:ro]")]
+    volumes: Vec<String>,
+    /// Allocate a terminal (and attach stdin).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Attach the local stdin.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Environment entry K=V. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Container ID.
+    #[arg(long)]
+    name: Option<String>,
+    /// Scratch disk size in MiB (sparse).
+    #[arg(long, default_value_t = 1024)]
+    scratch_mib: u64,
+    /// Layer cache directory.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// OCI image layout directory, OCI tar or `docker save` tar.
+    image: PathBuf,
+    /// Command (replaces the image's entrypoint and cmd).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    given
+        .or_else(image::default_cache_dir)
+        .ok_or_else(|| anyhow!("no cache directory: pass --cache DIR"))
+}
+
+/// `rgcs run`: exits with the container's exit code.
+pub async fn run(a: RunArgs) -> Result<ExitCode> {
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| Volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = RunOptions {
+        image: a.image,
+        command: a.command,
+        env: a.env,
+        tty: a.tty,
+        interactive: a.interactive,
+        volumes,
+        id: a.name,
+        cache_dir: cache_dir(a.cache)?,
+        scratch_size: (a.scratch_mib << 20).max(scratch::MIN_SIZE),
+        boot: a.vm.boot_options(),
+    };
+    let code = run::run(opts).await.context("run failed")?;
+    Ok(ExitCode::from(u8::try_from(code & 0xFF).unwrap_or(1)))
+}
+
+/// `rgcs image import PATH`: one cached ext4 image per layer; prints them (or JSON).
+pub async fn import(path: PathBuf, cache: Option<PathBuf>, json: bool) -> Result<ExitCode> {
+    let cache = cache_dir(cache)?;
+    let shown = path.clone();
+    let img = tokio::task::spawn_blocking(move || {
+        let progress = TerminalProgress::new();
+        image::import(&path, &cache, &progress as &dyn Progress)
+    })
+    .await?
+    .with_context(|| format!("cannot import {}", shown.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&img)?);
+    } else {
+        for l in &img.layers {
+            println!(
+                "{}  {}  {} KiB{}",
+                l.digest,
+                l.path.display(),
+                l.size / 1024,
+                if l.cached { "  (cached)" } else { "" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rgcs image demo -o DIR`: the busybox demo image as an OCI layout.
+pub fn demo(output: PathBuf, busybox: PathBuf) -> Result<ExitCode> {
+    demo::build(&output, &busybox).context("cannot build the demo image")?;
+    eprintln!(
+        "image: {} (OCI layout, 3 layers, cmd /hello.sh)",
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rgcs bench storage`: image import against `mkfs.ext4 -d`, and 9p against a scratch disk in
+/// one UVM.
+pub async fn bench_storage(
+    vm: VmArgs,
+    image_path: Option<PathBuf>,
+    mib: u64,
+    json: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let work = tempfile_dir()?;
+    let image_path = match image_path {
+        Some(p) => p,
+        None => {
+            let p = work.join("demo-image");
+            demo::build(&p, std::path::Path::new("/bin/busybox"))?;
+            p
+        }
+    };
+    let (img, w) = (image_path.clone(), work.clone());
+    let import = tokio::task::spawn_blocking(move || image::bench_import(&img, &w)).await??;
+    let Session { uvm, bridge, .. } = Session::boot(&vm.boot_options()).await.context("boot failed")?;
+    let bridge = Arc::new(bridge);
+    let client = ContainerClient::new(Arc::clone(&bridge), uvm.vsock_prefix());
+    let in_uvm = p9::bench::storage_in_uvm(&uvm, &bridge, &client, &work, mib).await;
+    let _ = bridge.shutdown_uvm(true).await;
+    let _ = uvm.wait(POWER_OFF_TIMEOUT).await;
+    uvm.shutdown().await;
+    let _ = std::fs::remove_dir_all(&work);
+    let in_uvm = in_uvm.context("storage benchmark in the UVM failed")?;
+    println!(
+        "storage benchmark ({} MiB in the UVM; import of {})",
+        mib,
+        image_path.display()
+    );
+    println!("{:<44} {:>10}", "metric", "MB/s");
+    for (name, v) in [
+        ("image import, ours (extract + mkfs.ext4 -d)", import.ours_mb_s),
+        ("mkfs.ext4 -d alone, same trees", import.mkfs_mb_s),
+        ("9p write (guest dd, host p9 server)", in_uvm.p9_write_mb_s),
+        ("9p read", in_uvm.p9_read_mb_s),
+        ("scratch disk write (virtio-scsi ext4)", in_uvm.scsi_write_mb_s),
+        ("scratch disk read", in_uvm.scsi_read_mb_s),
+    ] {
+        println!("{name:<44} {v:>10.1}");
+    }
+    println!(
+        "ratios: import / mkfs.ext4 -d = {:.2}; 9p write / scratch write = {:.2}; 9p read / scratch read = {:.2}",
+        import.ratio,
+        in_uvm.p9_write_mb_s / in_uvm.scsi_write_mb_s,
+        in_uvm.p9_read_mb_s / in_uvm.scsi_read_mb_s
+    );
+    if let Some(path) = json {
+        bench::write_json(
+            &path,
+            &serde_json::json!({"benchmark": "storage", "import": import, "uvm": in_uvm, "mib": mib}),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!("rgcs-bench-storage-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    Ok(base)
+}

@@ -1,0 +1,6 @@
+//! The `rgcs` subcommands beyond argument parsing (kept out of `main.rs`).
+
+pub mod bench;
+pub mod containers;
+pub mod image;
+pub mod uvm;

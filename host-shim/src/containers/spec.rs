@@ -1,0 +1,505 @@
+//! What the host sends to create a container and to start processes in it, built the way
+//! hcsshim's host builds it (GCS-PROTOCOL §4.5, §4.7).
+//!
+//! [`ContainerSpec`] produces the `ContainerConfig` of a standalone container: schema 2.1,
+//! `OciBundlePath` `/run/gcs/c/<id>`, `ScratchDirPath` `/run/gcs/c/<id>/scratch/<id>`, and an
+//! OCI runtime spec whose `root.path` is a directory that already exists in the UVM. The §4.5
+//! host adjustments are applied: `hooks` null, `linux.cgroupsPath` cleared, the device, pids,
+//! block-I/O, hugepage and network resources cleared, a CPU period of 0 made 100000 and a quota of
+//! 0 made −1, `windows` removed.
+//!
+//! [`ProcessSpec`] is the process of a container (its init, inside the spec) or of an exec
+//! (`OciProcess`); [`uvm_process`] is a process run directly in the UVM (null container ID).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxMemory, LinuxResources, Process, Root, Spec, User};
+use rgcs_protocol::message::{ContainerConfig, ProcessParameters, SchemaVersion};
+
+/// The `PATH` every container process gets unless the caller sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Errors of spec building.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `--user` was neither `uid[:gid]` nor a user name.
+    #[error("invalid user {0:?}: expected uid[:gid] or a user name")]
+    BadUser(String),
+    /// An environment entry had no `=`.
+    #[error("invalid environment entry {0:?}: expected KEY=VALUE")]
+    BadEnv(String),
+    /// The process has no arguments.
+    #[error("container {0}: the process needs at least one argument")]
+    NoArgs(String),
+    /// The container ID cannot be a path component.
+    #[error("invalid container id {0:?}: use letters, digits, '-', '_' and '.'")]
+    BadId(String),
+}
+
+/// Who a container process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSpec {
+    /// Numeric IDs.
+    Id {
+        /// User ID.
+        uid: u32,
+        /// Group ID.
+        gid: u32,
+    },
+    /// A name resolved by the guest through the container's `/etc/passwd` (`user.username`).
+    Name(String),
+}
+
+impl UserSpec {
+    /// Parses `uid`, `uid:gid` (numeric) or a user name.
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadUser(s.to_owned());
+        if s.is_empty() {
+            return Err(bad());
+        }
+        let (u, g) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        match u.parse::<u32>() {
+            Ok(uid) => {
+                let gid = match g {
+                    Some(g) => g.parse::<u32>().map_err(|_| bad())?,
+                    None => uid,
+                };
+                Ok(Self::Id { uid, gid })
+            }
+            Err(_) if g.is_none() && !s.contains(char::is_whitespace) => Ok(Self::Name(s.to_owned())),
+            Err(_) => Err(bad()),
+        }
+    }
+}
+
+/// A container process: the init (inside the spec) or an exec (`OciProcess`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// argv.
+    pub args: Vec<String>,
+    /// Extra environment (`PATH` defaults to [`DEFAULT_PATH`]).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container.
+    pub cwd: String,
+    /// User; root when `None`.
+    pub user: Option<UserSpec>,
+    /// Allocate a pty.
+    pub tty: bool,
+    /// `[height, width]` of the pty.
+    pub console_size: Option<(u16, u16)>,
+}
+
+impl ProcessSpec {
+    /// A process running `args` as root in `/`.
+    pub fn new<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: None,
+            tty: false,
+            console_size: None,
+        }
+    }
+
+    /// Adds (or replaces) an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.into()));
+        self
+    }
+
+    /// Adds a `KEY=VALUE` entry.
+    pub fn env_entry(self, entry: &str) -> Result<Self, SpecError> {
+        let (k, v) = entry
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| SpecError::BadEnv(entry.to_owned()))?;
+        Ok(self.env(k, v))
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = cwd.into();
+        self
+    }
+
+    /// Sets the user.
+    pub fn user(mut self, user: UserSpec) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// Asks for a pty.
+    pub fn tty(mut self, tty: bool) -> Self {
+        self.tty = tty;
+        self
+    }
+
+    /// The environment as `K=V` entries, `PATH` first (default) and `TERM=xterm` for a tty.
+    pub fn env_entries(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.env.len() + 2);
+        if !self.env.iter().any(|(k, _)| k == "PATH") {
+            out.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        if self.tty && !self.env.iter().any(|(k, _)| k == "TERM") {
+            out.push("TERM=xterm".to_owned());
+        }
+        out.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
+        out
+    }
+
+    /// The OCI `process` object (what hcsshim sends as `OciProcess` for an exec).
+    pub fn to_oci(&self) -> Process {
+        let mut p = Process::default();
+        p.set_args(Some(self.args.clone()));
+        p.set_env(Some(self.env_entries()));
+        p.set_cwd(PathBuf::from(&self.cwd));
+        p.set_terminal(Some(self.tty));
+        let mut user = User::default();
+        match &self.user {
+            Some(UserSpec::Id { uid, gid }) => {
+                user.set_uid(*uid);
+                user.set_gid(*gid);
+            }
+            Some(UserSpec::Name(name)) => {
+                user.set_username(Some(name.clone()));
+            }
+            None => {}
+        }
+        p.set_user(user);
+        if let Some((h, w)) = self.console_size {
+            let b = oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(h))
+                .width(u64::from(w))
+                .build()
+                .ok();
+            p.set_console_size(b);
+        }
+        p
+    }
+}
+
+/// A standalone container as hcsshim's host would describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Container ID.
+    pub id: String,
+    /// Root filesystem: a directory that exists in the UVM.
+    pub rootfs: String,
+    /// Mount the root filesystem read-only.
+    pub readonly_rootfs: bool,
+    /// The init process.
+    pub process: ProcessSpec,
+    /// `linux.resources.memory.limit`, bytes.
+    pub memory_limit: Option<u64>,
+    /// Hostname inside the container (a UTS namespace is always created); the ID (cut to 63
+    /// characters) when `None`, as Docker does.
+    pub hostname: Option<String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The guest bundle directory of a container (v1 shim layout).
+pub fn bundle_path(id: &str) -> String {
+    format!("/run/gcs/c/{id}")
+}
+
+/// Checks that `id` is safe as a path component (hcsshim accepts any string; we refuse what
+/// would escape `/run/gcs/c`).
+pub fn check_id(id: &str) -> Result<(), SpecError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadId(id.to_owned()))
+    }
+}
+
+impl ContainerSpec {
+    /// A container `id` over the UVM directory `rootfs`, running `process`.
+    pub fn new(id: impl Into<String>, rootfs: impl Into<String>, process: ProcessSpec) -> Self {
+        Self {
+            id: id.into(),
+            rootfs: rootfs.into(),
+            readonly_rootfs: false,
+            process,
+            memory_limit: None,
+            hostname: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a memory limit in bytes.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The OCI runtime spec with the §4.5 host adjustments applied.
+    pub fn oci_spec(&self) -> Result<Spec, SpecError> {
+        check_id(&self.id)?;
+        if self.process.args.is_empty() {
+            return Err(SpecError::NoArgs(self.id.clone()));
+        }
+        let mut spec = Spec::default();
+        let mut root = Root::default();
+        root.set_path(PathBuf::from(&self.rootfs));
+        root.set_readonly(Some(self.readonly_rootfs));
+        spec.set_root(Some(root));
+        spec.set_process(Some(self.process.to_oci()));
+        let hostname = self
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(63).collect());
+        spec.set_hostname(Some(hostname));
+        spec.set_annotations(Some(
+            self.annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+        ));
+        if let Some(linux) = spec.linux_mut() {
+            let mut resources = linux.resources().clone().unwrap_or_default();
+            if let Some(limit) = self.memory_limit {
+                let mut mem = LinuxMemory::default();
+                mem.set_limit(Some(i64::try_from(limit).unwrap_or(i64::MAX)));
+                resources.set_memory(Some(mem));
+            }
+            linux.set_resources(Some(resources));
+        }
+        adjust_like_hcsshim(&mut spec);
+        Ok(spec)
+    }
+
+    /// The `ContainerConfig` of the Create request.
+    pub fn config(&self) -> Result<ContainerConfig, SpecError> {
+        let bundle = bundle_path(&self.id);
+        Ok(ContainerConfig {
+            schema_version: SchemaVersion::V2_1,
+            oci_specification: Some(self.oci_spec()?),
+            scratch_dir_path: format!("{bundle}/scratch/{}", self.id),
+            oci_bundle_path: bundle,
+        })
+    }
+}
+
+/// The §4.5 adjustments hcsshim's host makes before sending a spec.
+pub fn adjust_like_hcsshim(spec: &mut Spec) {
+    spec.set_hooks(None);
+    spec.set_windows(None);
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(None);
+        if let Some(resources) = linux.resources().clone() {
+            linux.set_resources(Some(adjust_resources(resources)));
+        }
+    }
+}
+
+/// The resource adjustments of §4.5 (also applied to `ContainerConstraints` updates).
+pub fn adjust_resources(mut r: LinuxResources) -> LinuxResources {
+    r.set_devices(None);
+    r.set_pids(None);
+    r.set_block_io(None);
+    r.set_hugepage_limits(None);
+    r.set_network(None);
+    if let Some(mut cpu) = r.cpu().clone() {
+        if cpu.period() == Some(0) {
+            cpu.set_period(Some(100_000));
+        }
+        if cpu.quota() == Some(0) {
+            cpu.set_quota(Some(-1));
+        }
+        r.set_cpu(Some(cpu));
+    }
+    r
+}
+
+/// Which pipes a process gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pipes {
+    /// stdin.
+    pub stdin: bool,
+    /// stdout.
+    pub stdout: bool,
+    /// stderr (never used with a tty).
+    pub stderr: bool,
+}
+
+impl Pipes {
+    /// All three.
+    pub const ALL: Self = Self {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    /// None.
+    pub const NONE: Self = Self {
+        stdin: false,
+        stdout: false,
+        stderr: false,
+    };
+    /// Output only (stdout and stderr).
+    pub const OUTPUT: Self = Self {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+}
+
+/// `ProcessParameters` of a container's init: flags only, no `OciProcess`.
+pub fn init_process(pipes: Pipes) -> ProcessParameters {
+    ProcessParameters {
+        create_std_in_pipe: pipes.stdin,
+        create_std_out_pipe: pipes.stdout,
+        create_std_err_pipe: pipes.stderr,
+        ..ProcessParameters::default()
+    }
+}
+
+/// `ProcessParameters` of an exec in a container (`OciProcess` present). A tty exec gets no
+/// stderr pipe.
+pub fn exec_process(process: &ProcessSpec, pipes: Pipes) -> ProcessParameters {
+    ProcessParameters {
+        create_std_in_pipe: pipes.stdin,
+        create_std_out_pipe: pipes.stdout,
+        create_std_err_pipe: pipes.stderr && !process.tty,
+        oci_process: Some(process.to_oci()),
+        ..ProcessParameters::default()
+    }
+}
+
+/// `ProcessParameters` of a process run directly in the UVM (send it with the null container
+/// ID): `CommandArgs`, `WorkingDirectory` `/`, `Environment` with `PATH`, as hcsshim sends it.
+pub fn uvm_process<S: Into<String>>(args: impl IntoIterator<Item = S>, pipes: Pipes) -> ProcessParameters {
+    let mut environment = BTreeMap::new();
+    environment.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
+    ProcessParameters {
+        command_args: args.into_iter().map(Into::into).collect(),
+        working_directory: "/".into(),
+        environment,
+        create_std_in_pipe: pipes.stdin,
+        create_std_out_pipe: pipes.stdout,
+        create_std_err_pipe: pipes.stderr,
+        ..ProcessParameters::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn users_parse() {
+        assert_eq!(
+            UserSpec::parse("1000:100").unwrap(),
+            UserSpec::Id { uid: 1000, gid: 100 }
+        );
+        assert_eq!(UserSpec::parse("7").unwrap(), UserSpec::Id { uid: 7, gid: 7 });
+        assert_eq!(
+            UserSpec::parse("nobody").unwrap(),
+            UserSpec::Name("nobody".into())
+        );
+        assert!(UserSpec::parse("1:x").is_err());
+        assert!(UserSpec::parse("a:b").is_err());
+        assert!(UserSpec::parse("").is_err());
+    }
+
+    #[test]
+    fn config_is_what_hcsshim_sends() {
+        let p = ProcessSpec::new(["sh", "-c", "echo hi"])
+            .env_entry("A=b=c")
+            .unwrap()
+            .cwd("/tmp")
+            .user(UserSpec::Name("guest".into()));
+        let c = ContainerSpec::new("c1", "/run/rootfs/bb", p)
+            .memory_limit(64 << 20)
+            .config()
+            .unwrap();
+        assert_eq!(c.schema_version, SchemaVersion::V2_1);
+        assert_eq!(c.oci_bundle_path, "/run/gcs/c/c1");
+        assert_eq!(c.scratch_dir_path, "/run/gcs/c/c1/scratch/c1");
+        let json = serde_json::to_value(&c).unwrap();
+        let spec = &json["OciSpecification"];
+        assert_eq!(spec["root"]["path"], "/run/rootfs/bb");
+        assert_eq!(spec["hostname"], "c1");
+        assert_eq!(spec["process"]["args"][2], "echo hi");
+        assert_eq!(spec["process"]["cwd"], "/tmp");
+        assert_eq!(spec["process"]["user"]["username"], "guest");
+        assert_eq!(spec["process"]["env"][0], format!("PATH={DEFAULT_PATH}"));
+        assert_eq!(spec["process"]["env"][1], "A=b=c");
+        assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert!(spec.get("hooks").is_none_or(serde_json::Value::is_null));
+        assert!(spec["linux"].get("cgroupsPath").is_none());
+        assert!(spec["linux"]["resources"].get("devices").is_none());
+        assert!(spec.get("windows").is_none());
+        // The request body round-trips through the protocol types.
+        let body = rgcs_protocol::message::ContainerCreate {
+            container_config: Some(rgcs_protocol::JsonString(c.clone())),
+            supported_versions: None,
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        let back: rgcs_protocol::message::ContainerCreate = rgcs_protocol::gojson::from_str(&text).unwrap();
+        assert_eq!(back.config().unwrap(), &c);
+    }
+
+    #[test]
+    fn ids_and_args_are_checked() {
+        assert!(ContainerSpec::new("../x", "/r", ProcessSpec::new(["true"]))
+            .config()
+            .is_err());
+        assert!(
+            ContainerSpec::new("x", "/r", ProcessSpec::new(Vec::<String>::new()))
+                .config()
+                .is_err()
+        );
+        assert!(ProcessSpec::new(["x"]).env_entry("=v").is_err());
+    }
+
+    #[test]
+    fn cpu_zeroes_are_fixed() {
+        let mut cpu = oci_spec::runtime::LinuxCpu::default();
+        cpu.set_period(Some(0));
+        cpu.set_quota(Some(0));
+        let mut r = LinuxResources::default();
+        r.set_cpu(Some(cpu));
+        let r = adjust_resources(r);
+        let cpu = r.cpu().clone().unwrap();
+        assert_eq!((cpu.period(), cpu.quota()), (Some(100_000), Some(-1)));
+    }
+
+    #[test]
+    fn process_parameters_shapes() {
+        let init = serde_json::to_string(&init_process(Pipes::ALL)).unwrap();
+        assert_eq!(
+            init,
+            r#"{"CreateStdInPipe":true,"CreateStdOutPipe":true,"CreateStdErrPipe":true}"#
+        );
+        let mut tty = ProcessSpec::new(["sh"]).tty(true);
+        tty.console_size = Some((40, 100));
+        let exec = exec_process(&tty, Pipes::ALL);
+        assert!(!exec.create_std_err_pipe);
+        let json = serde_json::to_value(exec.oci_process.unwrap()).unwrap();
+        assert_eq!(
+            json["consoleSize"],
+            serde_json::json!({"height": 40, "width": 100})
+        );
+        assert_eq!(json["terminal"], true);
+        assert!(json["env"].as_array().unwrap().contains(&"TERM=xterm".into()));
+        let uvm = uvm_process(["ls", "/"], Pipes::OUTPUT);
+        assert_eq!(uvm.command_args, ["ls", "/"]);
+        assert_eq!(uvm.environment["PATH"], DEFAULT_PATH);
+    }
+}

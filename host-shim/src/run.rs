@@ -1,0 +1,332 @@
+//! `rgcs run`: an OCI image, end to end, the way hcsshim's host drives LCOW (GCS-PROTOCOL
+//! Appendix A): import (layers as cached ext4 images), boot, attach the root filesystem
+//! ([`crate::rootfs`]), Create, the init process with stdio relayed to this terminal, its exit
+//! code, and every resource removed again, whether the container ran or not.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bridge::{BridgeClient, ClientError};
+use crate::containers::spec::{init_process, Pipes, ProcessSpec, UserSpec};
+use crate::containers::{ContainerClient, ContainerError, ContainerSpec};
+use crate::image::{self, ImportedImage, Progress};
+use crate::rootfs::{add_binds, ContainerRootfs, RootfsError, Share, UvmStorage};
+use crate::session::{BootOptions, Session, SessionError, POWER_OFF_TIMEOUT};
+use crate::stdio::{relay_terminal, StdioError};
+use crate::vm::Uvm;
+
+/// `-v HOSTDIR:CTRDIR[:ro]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Host directory (shared over Plan 9).
+    pub host: PathBuf,
+    /// Absolute path in the container.
+    pub container: String,
+    /// Mounted read-only (enforced by the host's 9p server and the guest mount).
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// Parses `HOSTDIR:CTRDIR[:ro|:rw]`.
+    pub fn parse(s: &str) -> Result<Self, RunError> {
+        let bad = || RunError::BadVolume(s.to_owned());
+        let mut parts = s.split(':');
+        let host = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let container = parts.next().filter(|p| p.starts_with('/')).ok_or_else(bad)?;
+        let read_only = match parts.next() {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(_) => return Err(bad()),
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let host = std::fs::canonicalize(host).map_err(|source| RunError::VolumeSource {
+            path: host.into(),
+            source,
+        })?;
+        if !host.is_dir() {
+            return Err(RunError::VolumeNotDir(host));
+        }
+        Ok(Self {
+            host,
+            container: container.to_owned(),
+            read_only,
+        })
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// An OCI image layout directory, an OCI tar or a `docker save` tar.
+    pub image: PathBuf,
+    /// Overrides the image's entrypoint + cmd when non-empty.
+    pub command: Vec<String>,
+    /// Extra `K=V` environment entries.
+    pub env: Vec<String>,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Attach the local stdin.
+    pub interactive: bool,
+    /// Host directories to share.
+    pub volumes: Vec<Volume>,
+    /// Container ID (default: derived from the process ID).
+    pub id: Option<String>,
+    /// Where layer images are cached.
+    pub cache_dir: PathBuf,
+    /// Scratch disk size in bytes (sparse).
+    pub scratch_size: u64,
+    /// The UVM to boot.
+    pub boot: BootOptions,
+}
+
+/// Errors of `rgcs run`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A `-v` value is malformed.
+    #[error("bad volume {0:?}: expected HOSTDIR:CTRDIR[:ro], CTRDIR absolute")]
+    BadVolume(String),
+    /// A `-v` host directory cannot be resolved.
+    #[error("volume source {path}")]
+    VolumeSource {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `-v` host path is not a directory.
+    #[error("volume source {0} is not a directory")]
+    VolumeNotDir(PathBuf),
+    /// The image could not be imported.
+    #[error("cannot import the image {path}")]
+    Image {
+        /// The image path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: image::ImageError,
+    },
+    /// Nothing to run.
+    #[error("the image has no entrypoint or cmd and no command was given")]
+    NoCommand,
+    /// The image has more layers than the SCSI controller's LUNs we use.
+    #[error("the image has {0} layers; at most {MAX_LAYERS} are supported")]
+    TooManyLayers(usize),
+    /// The UVM failed.
+    #[error("the utility VM failed")]
+    Session(#[from] SessionError),
+    /// The root filesystem could not be attached.
+    #[error("cannot attach the container's root filesystem")]
+    Rootfs(#[from] RootfsError),
+    /// A guest request failed.
+    #[error("guest request failed")]
+    Bridge(#[from] ClientError),
+    /// A container request failed.
+    #[error("container request failed")]
+    Container(#[from] ContainerError),
+    /// The container spec is invalid.
+    #[error("invalid container spec")]
+    Spec(#[from] crate::containers::spec::SpecError),
+    /// Relaying stdio failed.
+    #[error("stdio relay failed")]
+    Stdio(#[from] StdioError),
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Layers of one image (the scratch disk and every layer take a LUN of controller 0).
+pub const MAX_LAYERS: usize = 127;
+
+/// Runs the image's (or the given) command in a container in a fresh UVM and returns its exit code.
+pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
+    let image = import(&opts).await?;
+    if image.layers.len() > MAX_LAYERS {
+        return Err(RunError::TooManyLayers(image.layers.len()));
+    }
+    let process = process_spec(&opts, &image.config)?;
+    let Session { uvm, bridge, .. } = Session::boot(&opts.boot).await?;
+    let bridge = Arc::new(bridge);
+    let client = ContainerClient::new(Arc::clone(&bridge), uvm.vsock_prefix());
+    let id = opts
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("rgcs-run-{}", std::process::id()));
+    let result = run_in(&uvm, &bridge, &client, &opts, &image, process, &id).await;
+    // Power off (the guest exits without answering) and take everything down.
+    let _ = bridge.shutdown_uvm(true).await;
+    if uvm.wait(POWER_OFF_TIMEOUT).await.is_err() {
+        tracing::warn!("the utility VM did not power off in time; stopping it");
+    }
+    uvm.shutdown().await;
+    result
+}
+
+async fn import(opts: &RunOptions) -> Result<ImportedImage, RunError> {
+    let (path, cache) = (opts.image.clone(), opts.cache_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        let progress = image::TerminalProgress::new();
+        image::import(&path, &cache, &progress as &dyn Progress)
+            .map_err(|source| RunError::Image { path, source })
+    })
+    .await
+    .map_err(|e| RunError::Task(e.to_string()))?
+}
+
+/// The process from the image config (`Entrypoint` + `Cmd`, `Env`, `WorkingDir`, `User`) and the
+/// command-line overrides (a command replaces both entrypoint and cmd).
+fn process_spec(opts: &RunOptions, config: &Value) -> Result<ProcessSpec, RunError> {
+    let cfg = config
+        .get("config")
+        .or_else(|| config.get("Config"))
+        .unwrap_or(&Value::Null);
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let args = if opts.command.is_empty() {
+        let mut a = strings(cfg.get("Entrypoint"));
+        a.extend(strings(cfg.get("Cmd")));
+        a
+    } else {
+        opts.command.clone()
+    };
+    if args.is_empty() {
+        return Err(RunError::NoCommand);
+    }
+    let mut p = ProcessSpec::new(args).tty(opts.tty);
+    for e in strings(cfg.get("Env")).iter().chain(&opts.env) {
+        p = p.env_entry(e)?;
+    }
+    if let Some(wd) = cfg
+        .get("WorkingDir")
+        .and_then(Value::as_str)
+        .filter(|w| !w.is_empty())
+    {
+        p = p.cwd(wd);
+    }
+    if let Some(user) = cfg.get("User").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+        p = p.user(UserSpec::parse(user)?);
+    }
+    Ok(p)
+}
+
+async fn run_in(
+    uvm: &Uvm,
+    bridge: &BridgeClient,
+    client: &ContainerClient,
+    opts: &RunOptions,
+    image: &ImportedImage,
+    process: ProcessSpec,
+    id: &str,
+) -> Result<i32, RunError> {
+    let mut storage = UvmStorage::new(uvm).await?;
+    let shares: Vec<Share> = opts
+        .volumes
+        .iter()
+        .map(|v| Share {
+            host: v.host.clone(),
+            container: v.container.clone(),
+            read_only: v.read_only,
+        })
+        .collect();
+    let root = storage
+        .mount(uvm, bridge, image, id, opts.scratch_size, &shares)
+        .await?;
+    let result = run_container(client, opts, process, &root).await;
+    storage.unmount(bridge, root).await;
+    result
+}
+
+/// Create, start, the init process with stdio relayed to this terminal, its exit code, and the
+/// container's state deleted again whatever happened after Create.
+async fn run_container(
+    client: &ContainerClient,
+    opts: &RunOptions,
+    process: ProcessSpec,
+    root: &ContainerRootfs,
+) -> Result<i32, RunError> {
+    let id = root.id.as_str();
+    let mut config = ContainerSpec::new(id, root.rootfs.clone(), process).config()?;
+    if let Some(oci) = config.oci_specification.as_mut() {
+        add_binds(oci, &root.binds);
+    }
+    client.create_container(id, config).await?;
+    let result = async {
+        client.start(id).await?;
+        let pipes = Pipes {
+            stdin: opts.interactive || opts.tty,
+            stdout: true,
+            stderr: !opts.tty,
+        };
+        let (pid, stdio) = client.execute_process(id, init_process(pipes)).await?;
+        let waited = client.wait_for_process(id, pid, None);
+        let resize = |rows: u16, cols: u16| async move {
+            let _ = client.resize_console(id, pid, rows, cols).await;
+        };
+        let code = relay_terminal(stdio, opts.tty, waited, resize, Duration::from_secs(2)).await??;
+        Ok::<_, RunError>(i32::try_from(code).unwrap_or(i32::MAX))
+    }
+    .await;
+    if let Err(e) = client.delete_container_state(id).await {
+        tracing::warn!(error = %e, container = id, "delete container state failed");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse_and_refuse_bad_forms() {
+        let dir = std::env::temp_dir();
+        let v = Volume::parse(&format!("{}:/data:ro", dir.display())).unwrap();
+        assert!(v.read_only && v.container == "/data");
+        assert!(
+            !Volume::parse(&format!("{}:/data", dir.display()))
+                .unwrap()
+                .read_only
+        );
+        for bad in ["", ":/x", "/tmp:relative", "/tmp:/x:rx", "/tmp:/x:ro:extra"] {
+            assert!(matches!(Volume::parse(bad), Err(RunError::BadVolume(_))), "{bad}");
+        }
+        assert!(matches!(
+            Volume::parse("/definitely/not/here:/x"),
+            Err(RunError::VolumeSource { .. })
+        ));
+    }
+
+    #[test]
+    fn process_from_image_config_and_overrides() {
+        let config = serde_json::json!({"config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"], "Env": ["A=1"], "WorkingDir": "/w"}});
+        let mut opts = RunOptions {
+            image: PathBuf::new(),
+            command: vec![],
+            env: vec!["B=2".into()],
+            tty: false,
+            interactive: false,
+            volumes: vec![],
+            id: None,
+            cache_dir: PathBuf::new(),
+            scratch_size: 0,
+            boot: BootOptions::new("/nonexistent"),
+        };
+        let p = process_spec(&opts, &config).unwrap();
+        assert_eq!(p.args, ["/bin/sh", "-c", "echo hi"]);
+        assert!(p.env_entries().contains(&"A=1".to_owned()) && p.env_entries().contains(&"B=2".to_owned()));
+        opts.command = vec!["true".into()];
+        assert_eq!(process_spec(&opts, &config).unwrap().args, ["true"]);
+        opts.command.clear();
+        assert!(matches!(
+            process_spec(&opts, &serde_json::json!({})),
+            Err(RunError::NoCommand)
+        ));
+    }
+}
