@@ -453,6 +453,18 @@ async fn case_memory_and_stats(c: &ContainerClient) -> CaseResult {
         ensure(oom_kills >= 1, || {
             format!("OOM: memory.events of {a}: {events:?}, want oom_kill >= 1")
         })?;
+        // ... and Statistics reports it, as containerd's memory_oom_control.oom_kill.
+        let so = step("GetProperties", c.get_properties(a, &[PropertyType::Statistics]))
+            .await?
+            .map_err(err("Statistics a after the OOM kill"))?;
+        let reported = so
+            .lcow_metrics
+            .as_ref()
+            .and_then(|m| m.memory_oom_control.as_ref())
+            .map_or(0, |o| o.oom_kill);
+        ensure(reported == oom_kills, || {
+            format!("OOM: Statistics oom_kill {reported}, memory.events says {oom_kills}")
+        })?;
         // ContainerConstraints raises the limit; Statistics sees it.
         let mut mem = rgcs_host_shim::containers::oci_spec::runtime::LinuxMemory::default();
         mem.set_limit(Some(48 << 20));

@@ -5,7 +5,7 @@
 
 use libcgroups::stats::Stats;
 use rgcs_protocol::message::metrics::{
-    CpuStat, CpuUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+    CpuStat, CpuUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
 };
 
 /// Largest per-CPU list reported (keeps the reply far below 64 KiB on big VMs).
@@ -22,6 +22,38 @@ fn entry(d: &libcgroups::stats::MemoryData) -> Option<MemoryEntry> {
         max: d.max_usage,
         failcnt: d.fail_count,
     })
+}
+
+/// Parses `memory.events` (v2: `oom`, `oom_kill`, ...) or `memory.oom_control` (v1:
+/// `oom_kill_disable`, `under_oom`, `oom_kill`) into `memory_oom_control`; `None` when nothing
+/// in it is non-zero (the field is omitted, as containerd's omitempty does).
+pub fn parse_oom(text: &str) -> Option<MemoryOomControl> {
+    let mut oom = MemoryOomControl::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match k {
+            "oom_kill" => oom.oom_kill = v,
+            "under_oom" => oom.under_oom = v,
+            "oom_kill_disable" => oom.oom_kill_disable = v,
+            _ => {}
+        }
+    }
+    (oom != MemoryOomControl::default()).then_some(oom)
+}
+
+/// Reads the OOM counters of the cgroup at `path` (absolute cgroup path, v2 or v1 layout).
+pub fn oom_control(path: &str) -> Option<MemoryOomControl> {
+    let rel = path.trim_start_matches('/');
+    [
+        "/sys/fs/cgroup/{}/memory.events",
+        "/sys/fs/cgroup/memory/{}/memory.oom_control",
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f.replace("{}", rel)).ok())
+    .and_then(|t| parse_oom(&t))
 }
 
 /// Converts cgroup statistics into the v1 `Metrics` shape.
@@ -95,6 +127,16 @@ pub fn from_cgroup_stats(s: &Stats) -> Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_counters_from_v2_events_and_v1_oom_control() {
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_oom(v2).map(|o| o.oom_kill), Some(1));
+        let v1 = "oom_kill_disable 0\nunder_oom 1\noom_kill 3\n";
+        let o = parse_oom(v1).unwrap();
+        assert_eq!((o.under_oom, o.oom_kill), (1, 3));
+        assert_eq!(parse_oom("oom_kill 0\n"), None);
+    }
 
     #[test]
     fn v2_memory_keys_become_v1_names() {

@@ -342,7 +342,9 @@ fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value>
         }
         Request::Stats { id } => {
             let stats = cgroup_manager(root, &id)?.stats()?;
-            Ok(serde_json::to_value(metrics::from_cgroup_stats(&stats))?)
+            let mut m = metrics::from_cgroup_stats(&stats);
+            m.memory_oom_control = metrics::oom_control(&super::spec::cgroup_path(&id));
+            Ok(serde_json::to_value(m)?)
         }
         Request::Update { id, resources } => {
             cgroup_manager(root, &id)?.apply(&ControllerOpt {
