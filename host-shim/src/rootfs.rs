@@ -4,16 +4,21 @@
 //! becomes the container's bundle directory, `CombinedLayers` builds the overlay, and `-v` host
 //! directories arrive as Plan 9 shares (`MappedDirectory`).
 //!
-//! A layer disk is attached once per UVM and shared by every container whose image has it (keyed
-//! by the layer's digest); it is unmounted and unplugged when its last container goes. Removal runs
-//! in the host's order: guest request first, then the VM resource (§4.13).
+//! A layer is attached once per UVM and shared by every container whose image has it (keyed by the
+//! layer's digest); it is unmounted and unplugged when its last container goes. Like hcsshim, a
+//! layer goes to a VPMem device first (virtio-pmem here, `VPMemDevice` at `/run/layers/p<N>`) while
+//! a pmem slot is free and the layer is at most 4 GiB, and to SCSI after that. QEMU (7.2) cannot
+//! unplug virtio memory devices ("virtio based memory devices cannot be unplugged"), so a pmem
+//! slot keeps its layer for the VM's life: when no container uses it, the guest unmounts it; when
+//! the same layer is attached again, the slot is mounted again. Removal runs in the host's order:
+//! guest request first, then the VM resource (§4.13).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rgcs_protocol::message::{
     CombinedLayers, Empty, Layer, MappedDirectory, MappedVirtualDisk, ModificationRequest,
-    ModifySettingsRequest, RequestType, Resource, ScsiDevice, UVM_CONTAINER_ID,
+    ModifySettingsRequest, RequestType, Resource, ScsiDevice, VpMemDevice, UVM_CONTAINER_ID,
 };
 use rgcs_protocol::MessageId;
 
@@ -21,7 +26,7 @@ use crate::bridge::{BridgeClient, ClientError};
 use crate::containers::spec::bundle_path;
 use crate::image::ImportedImage;
 use crate::p9;
-use crate::qmp::{DiskHandle, Qmp, QmpError};
+use crate::qmp::{DiskHandle, PmemHandle, Qmp, QmpError};
 use crate::scratch;
 use crate::vm::{Uvm, VmError};
 
@@ -71,9 +76,27 @@ pub struct Share {
 /// A bind mount the container spec needs: `(source in the UVM, destination, read-only)`.
 pub type Bind = (String, String, bool);
 
+/// Largest layer put on a pmem device (hcsshim's VPMem limit).
+const MAX_PMEM_LAYER: u64 = 4 << 30;
+/// virtio-pmem regions must be 2 MiB aligned in size for the guest's nd_pmem to map them.
+const PMEM_ALIGN: u64 = 2 << 20;
+
+#[derive(Debug)]
+enum Device {
+    Scsi(DiskHandle),
+    Pmem { slot: u32 },
+}
+
+/// A virtio-pmem slot once a layer was hot-plugged into it (it stays for the VM's life).
+#[derive(Debug)]
+struct PmemSlot {
+    digest: String,
+    _handle: PmemHandle,
+}
+
 #[derive(Debug)]
 struct AttachedLayer {
-    disk: DiskHandle,
+    device: Device,
     mount: String,
     users: usize,
 }
@@ -105,6 +128,8 @@ pub struct UvmStorage {
     p9: Option<p9::Server>,
     next_share: u64,
     next_layer_mount: u64,
+    /// One entry per slot: `None` never used, `Some` holds that layer for good.
+    pmem: Vec<Option<PmemSlot>>,
 }
 
 async fn modify(
@@ -132,7 +157,96 @@ impl UvmStorage {
             p9: None,
             next_share: 0,
             next_layer_mount: 0,
+            pmem: (0..uvm.pmem_slots()).map(|_| None).collect(),
         })
+    }
+
+    /// Puts every layer on SCSI, none on pmem (hcsshim's behaviour when VPMem is full or off).
+    pub fn scsi_only(mut self) -> Self {
+        self.pmem.clear();
+        self
+    }
+
+    /// Puts a layer on pmem: its own slot if it had one, else a never-used slot (hot-plugged now),
+    /// if the layer fits; `Ok(None)` means "use SCSI".
+    async fn attach_pmem(
+        &mut self,
+        bridge: &BridgeClient,
+        digest: &str,
+        file: &Path,
+    ) -> Result<Option<AttachedLayer>, RootfsError> {
+        let own = self
+            .pmem
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.digest == digest));
+        let slot = match own {
+            Some(slot) => slot,
+            None => {
+                let Some(slot) = self.pmem.iter().position(Option::is_none) else {
+                    return Ok(None);
+                };
+                let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(u64::MAX);
+                if len > MAX_PMEM_LAYER {
+                    return Ok(None);
+                }
+                // Round the (sparse) image up to the alignment nd_pmem needs; ext4 ignores the tail.
+                let aligned = len.div_ceil(PMEM_ALIGN) * PMEM_ALIGN;
+                if aligned != len {
+                    let resized = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(file)
+                        .and_then(|f| f.set_len(aligned));
+                    if let Err(e) = resized {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot align the layer for pmem; using SCSI");
+                        return Ok(None);
+                    }
+                }
+                let port = crate::vm::pmem_port(u32::try_from(slot).unwrap_or(u32::MAX));
+                match self.qmp.hotplug_pmem(file, Some(&port)).await {
+                    Ok(handle) => {
+                        self.pmem[slot] = Some(PmemSlot {
+                            digest: digest.to_owned(),
+                            _handle: handle,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "pmem hot-plug failed; using SCSI");
+                        return Ok(None);
+                    }
+                }
+                slot
+            }
+        };
+        let slot32 = u32::try_from(slot).unwrap_or(u32::MAX);
+        let mount = format!("/run/layers/p{slot}");
+        let dev = VpMemDevice {
+            device_number: slot32,
+            mount_path: mount.clone(),
+            ..VpMemDevice::default()
+        };
+        modify(bridge, RequestType::Add, Resource::VpMemDevice(dev)).await?;
+        Ok(Some(AttachedLayer {
+            device: Device::Pmem { slot: slot32 },
+            mount,
+            users: 1,
+        }))
+    }
+
+    async fn detach_layer(&mut self, bridge: &BridgeClient, layer: AttachedLayer) {
+        match layer.device {
+            Device::Scsi(disk) => self.detach_disk(bridge, &disk, &layer.mount).await,
+            Device::Pmem { slot } => {
+                // The device stays (it cannot be unplugged); the guest lets go of the mount.
+                let dev = VpMemDevice {
+                    device_number: slot,
+                    mount_path: layer.mount.clone(),
+                    ..VpMemDevice::default()
+                };
+                if let Err(e) = modify(bridge, RequestType::Remove, Resource::VpMemDevice(dev)).await {
+                    tracing::warn!(error = %e, mount = %layer.mount, "guest pmem unmount failed");
+                }
+            }
+        }
     }
 
     fn take_lun(&mut self) -> Result<u8, RootfsError> {
@@ -263,6 +377,8 @@ impl UvmStorage {
         for layer in &image.layers {
             if let Some(attached) = self.layers.get_mut(&layer.digest) {
                 attached.users += 1;
+            } else if let Some(attached) = self.attach_pmem(bridge, &layer.digest, &layer.path).await? {
+                self.layers.insert(layer.digest.clone(), attached);
             } else {
                 // hcsshim's v1 shim names SCSI layer mounts /run/mounts/scsi/m<N>.
                 let mount = format!("/run/mounts/scsi/m{}", self.next_layer_mount);
@@ -271,7 +387,7 @@ impl UvmStorage {
                 self.layers.insert(
                     layer.digest.clone(),
                     AttachedLayer {
-                        disk,
+                        device: Device::Scsi(disk),
                         mount,
                         users: 1,
                     },
@@ -368,7 +484,7 @@ impl UvmStorage {
             };
             if last {
                 if let Some(a) = self.layers.remove(digest) {
-                    self.detach_disk(bridge, &a.disk, &a.mount).await;
+                    self.detach_layer(bridge, a).await;
                 }
             }
         }
@@ -385,6 +501,14 @@ impl UvmStorage {
     /// Layer disks currently attached (for tests and `ps`-like output).
     pub fn attached_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Of those, how many are on pmem.
+    pub fn pmem_layers(&self) -> usize {
+        self.layers
+            .values()
+            .filter(|l| matches!(l.device, Device::Pmem { .. }))
+            .count()
     }
 }
 

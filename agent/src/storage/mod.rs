@@ -86,6 +86,9 @@ pub enum StorageError {
         /// Partition (0: whole disk).
         partition: u64,
     },
+    /// The VPMem device did not appear in time (it is hot-plugged just before the request).
+    #[error("{0} did not appear in time")]
+    PmemTimeout(String),
     /// Another mount already uses the path.
     #[error("{path} is already in use by {by}")]
     InUse {

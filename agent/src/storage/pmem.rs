@@ -1,6 +1,8 @@
 //! VPMem layers (GCS-PROTOCOL §6.3): `/dev/pmem<N>`, always read-only ext4 (`MS_RDONLY`,
 //! `noload`), through a dm-linear device when `MappingInfo` packs several layers in one device.
 
+use std::time::Instant;
+
 use nix::mount::MsFlags;
 use rgcs_protocol::message::VpMemDevice;
 
@@ -26,6 +28,15 @@ impl Storage {
         let mut table = self.lock();
         if table.share(&path, &id)? {
             return Ok(());
+        }
+        // A hot-plugged device's node appears asynchronously (virtio-pmem on QEMU; on Hyper-V
+        // the host also adds the device just before the request): wait for it, bounded.
+        let deadline = Instant::now() + self.cfg.device_timeout;
+        while !dev.exists() {
+            if Instant::now() >= deadline {
+                return Err(StorageError::PmemTimeout(dev.display().to_string()));
+            }
+            std::thread::sleep(super::scsi::POLL);
         }
         let created = self.prepare_dir(&path, 0o700)?;
         let (source, kind) = match (&d.mapping_info, sectors) {

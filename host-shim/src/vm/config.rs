@@ -137,6 +137,15 @@ pub enum ConfigError {
     },
 }
 
+/// virtio-pmem layer slots by default (hcsshim's default is 64 VPMem devices; each slot here is a
+/// PCIe root port, which costs boot time under TCG, so fewer; layers beyond them go to SCSI).
+pub const DEFAULT_PMEM_SLOTS: u32 = 4;
+
+/// The PCIe root port id of pmem slot `i` (hot-plug `virtio-pmem-pci` devices there).
+pub fn pmem_port(i: u32) -> String {
+    format!("pmem{i}")
+}
+
 /// Everything needed to start a UVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UvmConfig {
@@ -162,6 +171,8 @@ pub struct UvmConfig {
     pub guest_cid: u32,
     /// Where the per-VM run directory is created (short: sockets live there).
     pub run_dir_parent: PathBuf,
+    /// PCIe root ports (and memory hot-plug slots) for virtio-pmem layer devices; 0 for none.
+    pub pmem_slots: u32,
 }
 
 impl UvmConfig {
@@ -179,6 +190,7 @@ impl UvmConfig {
             vhost_device_vsock_bin: default_vhost_device_vsock(),
             guest_cid: DEFAULT_GUEST_CID,
             run_dir_parent: PathBuf::from("/tmp"),
+            pmem_slots: DEFAULT_PMEM_SLOTS,
         }
     }
 

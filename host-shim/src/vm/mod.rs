@@ -30,7 +30,7 @@ use tokio::process::Command;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-pub use config::{Accel, ConfigError, ResolvedAccel, UvmConfig};
+pub use config::{pmem_port, Accel, ConfigError, ResolvedAccel, UvmConfig, DEFAULT_PMEM_SLOTS};
 pub use guest_log::{GuestLevel, GuestLogRecord, GuestLogs};
 pub use process::SpawnError;
 pub use rundir::{RunDir, RunDirError};
@@ -136,6 +136,7 @@ pub struct Uvm {
     bridge: Option<Mutex<VsockListener>>,
     /// Held only to abort the entropy and log servers on drop.
     _tasks: Vec<AbortOnDrop>,
+    pmem_slots: u32,
     guest_logs: GuestLogs,
     entropy_delivered: Arc<AtomicUsize>,
     accel: ResolvedAccel,
@@ -203,6 +204,7 @@ impl Uvm {
             guest_logs,
             entropy_delivered,
             accel,
+            pmem_slots: cfg.pmem_slots,
             spawned_at,
             vsock_prefix: prefix,
             console_log: run_dir.console_log(),
@@ -248,6 +250,11 @@ impl Uvm {
             Ok(Some(status)) => Ok(status),
             Ok(None) | Err(_) => Err(VmError::WaitTimeout(timeout)),
         }
+    }
+
+    /// virtio-pmem slots (PCIe root ports `vm::pmem_port(0..n)`) this VM was started with.
+    pub fn pmem_slots(&self) -> u32 {
+        self.pmem_slots
     }
 
     /// QEMU's exit status if it has exited.

@@ -61,11 +61,20 @@ pub fn qemu_argv(cfg: &UvmConfig, accel: ResolvedAccel, run_dir: &RunDir) -> Vec
         }
         ResolvedAccel::Kvm => push(&[&"-accel", &"kvm", &"-cpu", &"host"]),
     }
+    // virtio-pmem devices are memory devices: they need hot-plug slots and room above RAM
+    // (maxmem; 4 GiB per slot, hcsshim's largest VPMem layer), and on q35 a PCIe root port each.
+    let mem_arg = match cfg.pmem_slots {
+        0 => mem.clone(),
+        n => format!(
+            "{mem},slots={n},maxmem={}M",
+            u64::from(cfg.memory_mib) + u64::from(n) * 4096
+        ),
+    };
     push(&[
         &"-M",
         &"q35,memory-backend=mem",
         &"-m",
-        &mem,
+        &mem_arg,
         &"-smp",
         &cfg.cpus.to_string(),
     ]);
@@ -93,6 +102,16 @@ pub fn qemu_argv(cfg: &UvmConfig, accel: ResolvedAccel, run_dir: &RunDir) -> Vec
         &"vhost-user-vsock-pci,chardev=vsock0",
     ]);
     push(&[&"-device", &"virtio-scsi-pci,id=scsi0"]);
+    for i in 0..cfg.pmem_slots {
+        push(&[
+            &"-device",
+            &format!(
+                "pcie-root-port,id={},chassis={}",
+                super::config::pmem_port(i),
+                i + 1
+            ),
+        ]);
+    }
     let mut qmp = OsString::from("unix:");
     qmp.push(run_dir.qmp_socket());
     qmp.push(",server=on,wait=off");
@@ -137,7 +156,7 @@ mod tests {
             "-M",
             "q35,memory-backend=mem",
             "-m",
-            "512M",
+            "512M,slots=4,maxmem=16896M",
             "-smp",
             "1",
             "-object",
@@ -157,6 +176,14 @@ mod tests {
             "vhost-user-vsock-pci,chardev=vsock0",
             "-device",
             "virtio-scsi-pci,id=scsi0",
+            "-device",
+            "pcie-root-port,id=pmem0,chassis=1",
+            "-device",
+            "pcie-root-port,id=pmem1,chassis=2",
+            "-device",
+            "pcie-root-port,id=pmem2,chassis=3",
+            "-device",
+            "pcie-root-port,id=pmem3,chassis=4",
             "-qmp",
             "unix:/tmp/rgcs-abc123/qmp.sock,server=on,wait=off",
         ];
@@ -168,6 +195,7 @@ mod tests {
         let mut cfg = cfg();
         cfg.cpus = 2;
         cfg.memory_mib = 1024;
+        cfg.pmem_slots = 0;
         let rd = RunDir::at("/tmp/rgcs-x");
         let tcg = joined(&qemu_argv(&cfg, ResolvedAccel::Tcg, &rd));
         assert_eq!(tcg[4..8], ["-accel", "tcg,thread=multi", "-cpu", "max"]);
@@ -183,6 +211,10 @@ mod tests {
                 "-object",
                 "memory-backend-memfd,id=mem,size=1024M,share=on"
             ]
+        );
+        assert!(
+            !kvm.iter().any(|a| a.starts_with("pcie-root-port")),
+            "no pmem slots, no ports"
         );
         // Without agent args there is no ` -- `.
         assert!(!kernel_cmdline(&cfg, ResolvedAccel::Kvm).contains("--"));
