@@ -545,7 +545,17 @@ for p in /proc/[0-9]*; do
   if [ "$(readlink $p/exe 2>/dev/null)" = /init ]; then fds=$((fds + $(ls $p/fd | wc -l))); fi
 done
 echo "agent-fds $fds"
-echo "processes $(ls -d /proc/[0-9]* | wc -l)"
+# User processes only (kernel threads, children of kthreadd = PID 2, come and go on their own),
+# not this shell or its children; counted with builtins only, so counting forks nothing.
+n=0
+for p in /proc/[0-9]*; do
+  read -r line < $p/stat 2>/dev/null || continue
+  rest=${line##*) }
+  set -- $rest
+  pid=${p#/proc/}
+  if [ "$2" != 2 ] && [ "$2" != $$ ] && [ "$pid" != $$ ]; then n=$((n + 1)); fi
+done
+echo "processes $n"
 echo "run-dirs $(find /run -xdev -type d ! -path '/run/rgcs/*' | wc -l)"
 echo "bundles $(ls /run/gcs/c 2>/dev/null | wc -l)"
 "#;
@@ -560,6 +570,15 @@ async fn case_no_leaks(c: &ContainerClient) -> CaseResult {
     };
     cycle(0).await?; // lazily created parents exist from here on
     let before = census(c).await?;
+    // The census must see something to be worth comparing: at least PID 1 and the agent.
+    let procs = before
+        .lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    ensure(procs >= 2, || {
+        format!("census saw {procs} user processes:\n{before}")
+    })?;
     for i in 1..=50 {
         cycle(i).await?;
     }

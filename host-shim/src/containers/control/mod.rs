@@ -1,0 +1,235 @@
+//! The local control socket of a served UVM (`rgcs uvm boot --serve-dir DIR`).
+//!
+//! The bridge has one client, the process that booted the UVM; other `rgcs` invocations reach it
+//! through `DIR/control.sock`. Each connection carries one request: a JSON object on one line. The
+//! answer is one JSON line, `{"ok":true,...}` or `{"ok":false,"error":"..."}`. For `start` and
+//! `exec` the process's stdio sockets (the accepted guest vsock connections) travel with the
+//! answer as `SCM_RIGHTS` file descriptors, in the order stdin, stdout, stderr (those named in
+//! `"stdio"`), so the CLI relays them itself and the server holds no stdio.
+//!
+//! The server issues one `WaitForProcess` per process it starts (hcsshim does the same; the
+//! container's notification depends on it) and keeps the exit code for `wait` requests.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use rgcs_protocol::message::PropertyType;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::client::{ContainerClient, ShutdownKind};
+use super::spec::{exec_process, init_process, ContainerSpec, Pipes, ProcessSpec, UserSpec};
+use super::uvm::{prepare_busybox_rootfs, BUSYBOX_ROOTFS};
+use crate::stdio::HostStdio;
+
+/// The control socket's file name inside the serve directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket could not be bound.
+    #[error("cannot listen on {0}")]
+    Bind(PathBuf, #[source] io::Error),
+    /// The server could not be reached.
+    #[error("cannot reach the served uvm at {path} (is `rgcs uvm boot --serve-dir` running?)")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The exchange failed.
+    #[error("control socket {0}")]
+    Io(PathBuf, #[source] io::Error),
+    /// The answer was not understood.
+    #[error("bad answer from the control socket: {0}")]
+    BadAnswer(String),
+    /// The server reported an error.
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// A process description in a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessArgs {
+    /// argv.
+    pub args: Vec<String>,
+    /// `K=V` entries.
+    pub env: Vec<String>,
+    /// `uid[:gid]` or a name.
+    pub user: Option<String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Allocate a pty.
+    pub tty: bool,
+    /// Attach stdin.
+    pub stdin: bool,
+    /// Initial pty size `[rows, cols]` (the OCI `consoleSize`), so the process never sees 0×0.
+    pub console_size: Option<[u16; 2]>,
+}
+
+impl ProcessArgs {
+    fn to_spec(&self) -> Result<ProcessSpec, String> {
+        let mut p = ProcessSpec::new(self.args.clone()).tty(self.tty);
+        for e in &self.env {
+            p = p.env_entry(e).map_err(|e| e.to_string())?;
+        }
+        if let Some(u) = &self.user {
+            p = p.user(UserSpec::parse(u).map_err(|e| e.to_string())?);
+        }
+        if let Some(c) = &self.cwd {
+            p = p.cwd(c.clone());
+        }
+        if self.tty {
+            p.console_size = self.console_size.map(|[h, w]| (h, w));
+        }
+        Ok(p)
+    }
+}
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create a container (Create + Start).
+    Create {
+        /// ID.
+        id: String,
+        /// Root filesystem in the UVM; the busybox one when absent.
+        rootfs: Option<String>,
+        /// The init process.
+        process: ProcessArgs,
+        /// Memory limit, MiB.
+        memory_mib: Option<u64>,
+    },
+    /// Start the init process (ExecuteProcess without `OciProcess`).
+    Start {
+        /// ID.
+        id: String,
+        /// Attach stdin.
+        stdin: bool,
+    },
+    /// Exec a process.
+    Exec {
+        /// ID.
+        id: String,
+        /// The process.
+        process: ProcessArgs,
+    },
+    /// Wait for a process the server started.
+    Wait {
+        /// ID.
+        id: String,
+        /// PID.
+        pid: u32,
+    },
+    /// Resize a pty.
+    Resize {
+        /// ID.
+        id: String,
+        /// PID.
+        pid: u32,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Signal a process (the init when `pid` is absent); SIGKILL when `signal` is absent.
+    Kill {
+        /// ID.
+        id: String,
+        /// PID.
+        pid: Option<u32>,
+        /// Signal number.
+        signal: Option<i32>,
+    },
+    /// ProcessList.
+    Ps {
+        /// ID.
+        id: String,
+    },
+    /// Statistics.
+    Stats {
+        /// ID.
+        id: String,
+    },
+    /// DeleteContainerState (after a forced shutdown with `force`).
+    Rm {
+        /// ID.
+        id: String,
+        /// Kill a running init first.
+        force: bool,
+    },
+    /// DumpStacks.
+    Stacks,
+}
+
+/// A control answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Answer {
+    /// Success.
+    pub ok: bool,
+    /// Error text when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A process ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Whether the process has a pty.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Which stdio fds follow: `[stdin, stdout, stderr]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<[bool; 3]>,
+    /// An exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    /// Other data (process list, statistics, stacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Answer {
+    fn ok() -> Self {
+        Self {
+            ok: true,
+            ..Self::default()
+        }
+    }
+    fn err(e: impl std::fmt::Display) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Renders an error and its sources on one line (`a: b: c`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+mod client;
+mod server;
+
+pub use client::{request, request_async, stdio_from_fds};
+pub use server::ControlServer;
