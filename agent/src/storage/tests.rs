@@ -122,6 +122,10 @@ impl Env {
         for d in ["root", "sys/class/scsi_host", "dev"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
+        // pmem0..3 are present (as a hot-plugged device's node would be); pmem9 never appears.
+        for n in 0..4 {
+            std::fs::write(dir.join(format!("dev/pmem{n}")), b"").unwrap();
+        }
         let sys = Arc::new(FakeSys::default());
         let cfg = StorageConfig {
             policy: PathPolicy::new(vec![dir.join("root")]),
@@ -483,6 +487,23 @@ fn plan9_dials_the_port_and_mounts_over_the_fd() {
     assert!(!Path::new(&m).exists());
     e.apply(RequestType::Remove, Resource::MappedDirectory(d))
         .unwrap();
+}
+
+#[test]
+fn a_pmem_device_that_never_appears_times_out_with_nothing_mounted() {
+    let e = Env::new("pmem-missing");
+    let m = e.p("layers/p9");
+    let r = Resource::VpMemDevice(VpMemDevice {
+        device_number: 9,
+        mount_path: m.clone(),
+        ..VpMemDevice::default()
+    });
+    let err = e.apply(RequestType::Add, r).unwrap_err();
+    assert!(
+        matches!(err, StorageError::PmemTimeout(ref d) if d.ends_with("pmem9")),
+        "{err:?}"
+    );
+    assert!(!std::path::Path::new(&m).exists(), "nothing created");
 }
 
 #[test]
