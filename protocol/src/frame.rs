@@ -100,6 +100,27 @@ pub enum FrameError {
         /// The limit in force.
         max: u32,
     },
+    /// In skipping mode ([`FrameDecoder::skip_oversized`]): a frame over the maximum, whose header
+    /// is intact, is being discarded without being buffered; the stream stays usable and the
+    /// sender can be answered by `id`.
+    #[error("frame {id} of type {message} is {size} bytes, over the maximum of {max}: skipped")]
+    Skipped {
+        /// The frame's `Type`.
+        message: MessageId,
+        /// The frame's `ID`.
+        id: u64,
+        /// Its `Size`.
+        size: u32,
+        /// The limit in force.
+        max: u32,
+    },
+}
+
+impl FrameError {
+    /// Whether the stream can go on after this error (only a skipped oversized frame).
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Self::Skipped { .. })
+    }
 }
 
 /// Incremental frame decoder.
@@ -111,6 +132,9 @@ pub struct FrameDecoder {
     max: u32,
     buf: Vec<u8>,
     error: Option<FrameError>,
+    skip_oversized: bool,
+    /// Bytes of a skipped frame still to be discarded as they arrive.
+    skipping: usize,
 }
 
 impl FrameDecoder {
@@ -121,7 +145,17 @@ impl FrameDecoder {
             max: max.max(HEADER_LEN as u32),
             buf: Vec::new(),
             error: None,
+            skip_oversized: false,
+            skipping: 0,
         }
+    }
+
+    /// Skip, rather than fail on, frames over the maximum whose header is sane: `next_frame`
+    /// returns [`FrameError::Skipped`] once for such a frame, discards its payload as it arrives
+    /// (never buffering it) and goes on. `Size < 16` is still fatal: the stream cannot be followed.
+    pub fn skip_oversized(mut self) -> Self {
+        self.skip_oversized = true;
+        self
     }
 
     /// The limit in force.
@@ -137,6 +171,9 @@ impl FrameDecoder {
     /// How many more bytes are needed before the next call to `next_frame` can make progress.
     /// Readers use it to size their reads; it is at most `max`.
     pub fn wanted(&self) -> usize {
+        if self.skipping > 0 {
+            return self.skipping.min(self.max as usize);
+        }
         if self.buf.len() < HEADER_LEN {
             return HEADER_LEN - self.buf.len();
         }
@@ -153,9 +190,12 @@ impl FrameDecoder {
     /// `Size` is out of bounds poisons the decoder at the next `next_frame`, before any payload is
     /// retained, and a poisoned decoder drops whatever it is given.
     pub fn extend(&mut self, bytes: &[u8]) {
-        if self.error.is_none() {
-            self.buf.extend_from_slice(bytes);
+        if self.error.is_some() {
+            return;
         }
+        let discard = self.skipping.min(bytes.len());
+        self.skipping -= discard;
+        self.buf.extend_from_slice(&bytes[discard..]);
     }
 
     fn peek_header(&self) -> Header {
@@ -175,6 +215,19 @@ impl FrameDecoder {
         let header = self.peek_header();
         let len = match header.payload_len(self.max) {
             Ok(len) => len,
+            Err(FrameError::TooLarge { size, max }) if self.skip_oversized => {
+                // Discard what is buffered of it now and the rest as it arrives.
+                let total = size as usize;
+                let have = self.buf.len().min(total);
+                self.buf.drain(..have);
+                self.skipping = total - have;
+                return Err(FrameError::Skipped {
+                    message: header.message,
+                    id: header.id,
+                    size,
+                    max,
+                });
+            }
             Err(e) => {
                 self.buf = Vec::new();
                 self.error = Some(e.clone());
@@ -276,6 +329,43 @@ mod tests {
         // a poisoned decoder does not keep buffering
         dec.extend(&[0u8; 1000]);
         assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn skipping_mode_discards_an_oversized_frame_and_goes_on() {
+        let mut stream = frame_bytes(0x1010_0A01, 16 + 100, 9, &[b'x'; 100]);
+        stream.extend(frame_bytes(0x1010_0201, 16 + 2, 10, b"{}"));
+        let mut dec = FrameDecoder::new(64).skip_oversized();
+        let mut out = Vec::new();
+        // byte by byte: the oversized payload is never buffered
+        for b in &stream {
+            dec.extend(std::slice::from_ref(b));
+            assert!(dec.buffered() <= 64);
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(f)) => out.push(Ok(f.id)),
+                    Ok(None) => break,
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+        }
+        assert_eq!(
+            out,
+            vec![
+                Err(FrameError::Skipped {
+                    message: MessageId(0x1010_0A01),
+                    id: 9,
+                    size: 116,
+                    max: 64
+                }),
+                Ok(10)
+            ]
+        );
+        // Size < 16 stays fatal in skipping mode
+        let mut dec = FrameDecoder::new(64).skip_oversized();
+        dec.extend(&frame_bytes(0x1010_0101, 3, 0, b""));
+        assert_eq!(dec.next_frame(), Err(FrameError::TooSmall { size: 3 }));
+        assert!(!FrameError::TooSmall { size: 3 }.is_recoverable());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rgcs_protocol::frame::{Frame, FrameDecoder, DEFAULT_MAX_HOST_TO_GUEST};
+use rgcs_protocol::frame::{Frame, FrameDecoder, FrameError, DEFAULT_MAX_HOST_TO_GUEST};
 use rgcs_protocol::io::{read_frame, write_frame, IoError};
 use rgcs_protocol::message::{
     encode_notification, encode_response, GcsCapabilities, NegotiateProtocolRequest,
@@ -72,7 +72,9 @@ where
         }
     });
 
-    let mut decoder = FrameDecoder::new(DEFAULT_MAX_HOST_TO_GUEST);
+    // An oversized request is skipped and answered 0x80004005, not fatal: its header says exactly
+    // how long it is, so the stream stays in step (hcsshim's guest has no limit at all).
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_HOST_TO_GUEST).skip_oversized();
     let mut negotiated = false;
     let mut notifier: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
@@ -83,6 +85,25 @@ where
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break Ok(Ended::Disconnected),
+            Err(IoError::Frame(FrameError::Skipped {
+                message,
+                id,
+                size,
+                max,
+            })) => {
+                tracing::warn!(id, r#type = %message, size, max, "oversized request skipped");
+                let skipped = Frame {
+                    message,
+                    id,
+                    payload: Vec::new(),
+                };
+                let why = format!("request of {size} bytes exceeds the guest's limit of {max} bytes");
+                let reply = error_frame(&skipped, &RequestBase::default(), HResult::FAIL, &why);
+                if out_tx.send(reply).await.is_err() {
+                    break Ok(Ended::Disconnected);
+                }
+                continue;
+            }
             Err(e) => break Err(e),
         };
         let base = RequestBase::decode_lenient(&frame.payload);
@@ -365,6 +386,39 @@ mod tests {
         assert_eq!(n.capabilities, GcsCapabilities::linux());
         let (b, _): (ResponseBase, Empty) = decode_response(&by_id(2).payload).unwrap();
         assert_eq!(b.result, HResult::NOT_IMPL);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_answered_and_the_stream_goes_on() {
+        let big = vec![b' '; DEFAULT_MAX_HOST_TO_GUEST as usize];
+        let mut oversized = rgcs_protocol::frame::Header {
+            message: MessageId::MODIFY_SETTINGS,
+            size: 16 + big.len() as u32,
+            id: 7,
+        }
+        .to_bytes()
+        .to_vec();
+        oversized.extend_from_slice(&big);
+        let frames = roundtrip(&[
+            negotiate_req(0, 4, 4),
+            oversized,
+            encode_request(MessageId::DUMP_STACKS, 8, &RequestBase::new(""), &Empty {}).unwrap(),
+        ])
+        .await;
+        let skipped = frames
+            .iter()
+            .find(|f| f.id == 7)
+            .expect("answer to the oversized request");
+        assert_eq!(skipped.message, MessageId::MODIFY_SETTINGS.response());
+        let (b, _): (ResponseBase, Empty) = decode_response(&skipped.payload).unwrap();
+        assert_eq!(b.result, HResult::FAIL);
+        assert!(b.error_message.contains("exceeds"), "{}", b.error_message);
+        let after = frames
+            .iter()
+            .find(|f| f.id == 8)
+            .expect("the next request is served");
+        let (b, _): (ResponseBase, Empty) = decode_response(&after.payload).unwrap();
+        assert_eq!(b.result, HResult::S_OK);
     }
 
     #[tokio::test]
