@@ -26,7 +26,10 @@ fn drain(dec: &mut FrameDecoder, events: &mut Vec<Event>) -> Option<FrameError> 
         match dec.next_frame() {
             Ok(Some(f)) => events.push(Event::Frame(f)),
             Ok(None) => {
-                assert!(dec.buffered() < dec.max_frame() as usize, "buffered a whole frame");
+                assert!(
+                    dec.buffered() < dec.max_frame() as usize,
+                    "buffered a whole frame"
+                );
                 assert!(dec.wanted() >= 1 && dec.wanted() <= dec.max_frame() as usize);
                 return None;
             }
@@ -102,7 +105,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(header.size <= max);
                 assert_eq!(f.payload.len(), header.size as usize - HEADER_LEN);
                 assert_eq!((f.message, f.id), (header.message, header.id));
-                assert_eq!(&f.payload[..], &stream[off + HEADER_LEN..off + header.size as usize]);
+                assert_eq!(
+                    &f.payload[..],
+                    &stream[off + HEADER_LEN..off + header.size as usize]
+                );
             }
             Event::Skipped { id, size } => {
                 assert!(skip);
