@@ -17,8 +17,7 @@ pub enum BridgeTarget {
     Unix(PathBuf),
 }
 
-/// The bridge's vsock port.
-pub const BRIDGE_PORT: u32 = 0x4000_0000;
+pub use rgcs_protocol::ports::BRIDGE_PORT;
 
 /// Parsed configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +33,9 @@ pub struct Config {
     /// The agent's run directory: libcontainer state in `runtime/`, per-process state in
     /// `procs/` (`--run-dir`, default `/run/gcs`).
     pub run_dir: PathBuf,
-    /// Dial stdio "ports" as Unix sockets `DIR/<port>` instead of vsock (`--stdio-unix-dir`,
+    /// Dial stdio "ports" as Unix sockets `PREFIX_<port>` instead of vsock (`--stdio-unix-prefix`,
     /// for tests without a VM).
-    pub stdio_unix_dir: Option<PathBuf>,
+    pub stdio_unix_prefix: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -47,7 +46,7 @@ impl Default for Config {
             redial: true,
             late_modules: true,
             run_dir: PathBuf::from("/run/gcs"),
-            stdio_unix_dir: None,
+            stdio_unix_prefix: None,
         }
     }
 }
@@ -109,7 +108,9 @@ impl Config {
                 "no-redial" => cfg.redial = false,
                 "no-late-modules" => cfg.late_modules = false,
                 "run-dir" => cfg.run_dir = PathBuf::from(value("run-dir")?),
-                "stdio-unix-dir" => cfg.stdio_unix_dir = Some(PathBuf::from(value("stdio-unix-dir")?)),
+                "stdio-unix-prefix" => {
+                    cfg.stdio_unix_prefix = Some(PathBuf::from(value("stdio-unix-prefix")?))
+                }
                 n if IGNORED_WITH_VALUE.contains(&n) => {
                     value(n)?;
                 }
@@ -181,9 +182,9 @@ mod tests {
             Config::parse(["--bridge"]),
             Err(ConfigError::MissingValue(_))
         ));
-        let c = Config::parse(["--run-dir", "/tmp/r", "--stdio-unix-dir=/tmp/s"]).unwrap();
+        let c = Config::parse(["--run-dir", "/tmp/r", "--stdio-unix-prefix=/tmp/s"]).unwrap();
         assert_eq!(c.run_dir, PathBuf::from("/tmp/r"));
-        assert_eq!(c.stdio_unix_dir, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(c.stdio_unix_prefix, Some(PathBuf::from("/tmp/s")));
         assert!(matches!(Config::parse(["stray"]), Err(ConfigError::Unknown(_))));
         assert!(matches!(
             Config::parse(["--frobnicate"]),

@@ -105,13 +105,6 @@ impl GcsError {
 
     /// The message for `ErrorMessage`: the whole cause chain, once.
     pub fn wire_message(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        rgcs_protocol::error_chain(self)
     }
 }

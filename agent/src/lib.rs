@@ -60,8 +60,8 @@ pub fn run(cfg: config::Config) -> i32 {
         match zygote {
             Ok(zygote) => {
                 tracing::info!(pid = zygote.pid(), "executor zygote started");
-                let stdio = match &cfg.stdio_unix_dir {
-                    Some(dir) => process::stdio::StdioTarget::UnixDir(dir.clone()),
+                let stdio = match &cfg.stdio_unix_prefix {
+                    Some(prefix) => process::stdio::StdioTarget::UnixPrefix(prefix.clone()),
                     None => process::stdio::StdioTarget::Vsock,
                 };
                 host = host.with_executor(host::Executor {

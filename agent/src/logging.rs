@@ -6,7 +6,6 @@
 //! the queue is full, lines are dropped and counted, and the count is reported in the next line
 //! that gets through (guest-triggered log floods are bounded, as in Firecracker's rate limiter).
 
-use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -219,12 +218,7 @@ impl Visit for FieldVisitor {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         // The whole chain, once: "outer: cause: root".
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(s) = source {
-            let _ = write!(text, ": {s}");
-            source = s.source();
-        }
+        let text = rgcs_protocol::error_chain(value);
         self.fields.push((field.name().to_owned(), Value::String(text)));
     }
 

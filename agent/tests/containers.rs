@@ -1,7 +1,9 @@
 //! In-process tier for the executor: the real `gcs` binary on this host as root (no VM), bridged
-//! over a Unix socket and driven by host-shim's `BridgeClient`; stdio "ports" are Unix sockets in
-//! a directory the agent dials (`--stdio-unix-dir`). Containers run a busybox rootfs built at
-//! test time through the embedded libcontainer (the host's cgroup v1 hybrid layout).
+//! over a Unix socket and driven by the same host client the CLI and the VM tests use
+//! (`rgcs_client::ContainerClient`); stdio "ports" are Unix sockets `PREFIX_<port>` the agent
+//! dials (`--stdio-unix-prefix`, the naming vhost-device-vsock gives guest ports). Containers run
+//! a busybox rootfs built at test time through the embedded libcontainer (the host's cgroup
+//! layout).
 //!
 //! Requires root: fails (never skips) without it.
 
@@ -11,18 +13,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libcontainer::oci_spec::runtime::{ProcessBuilder, Spec, UserBuilder};
-use rgcs_host_shim::bridge::BridgeClient;
-use rgcs_protocol::jsonstr::JsonString;
+use rgcs_client::{BridgeClient, ContainerClient, ContainerError};
 use rgcs_protocol::message::{
-    ContainerConfig, ContainerCreate, ContainerCreateResponse, ContainerNotification, Empty,
-    ExecuteProcessRequest, ExecuteProcessResponse, ExecuteProcessSettings, GetPropertiesRequest,
-    GetPropertiesResponse, NotificationType, ProcessParameters, PropertyQuery, PropertyType,
-    ResizeConsoleRequest, SchemaVersion, SignalProcessOptions, SignalProcessRequest, VsockStdioRelaySettings,
-    WaitForProcessRequest, WaitForProcessResponse, UVM_CONTAINER_ID,
+    ContainerConfig, ContainerNotification, Empty, NotificationType, ProcessParameters, PropertyType,
+    SchemaVersion, UVM_CONTAINER_ID,
 };
 use rgcs_protocol::{HResult, MessageId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,10 +33,14 @@ use common::TempDir;
 const STEP: Duration = Duration::from_secs(20);
 
 struct Agent {
-    client: BridgeClient,
+    /// The typed client (containers, processes, stdio ports, notifications).
+    cc: ContainerClient,
+    /// The same bridge, for raw calls.
+    client: Arc<BridgeClient>,
     child: tokio::process::Child,
     dir: TempDir,
-    next_port: AtomicU32,
+    /// Notifications consumed by `notification()`.
+    seen: AtomicUsize,
 }
 
 fn require_root() {
@@ -45,6 +48,14 @@ fn require_root() {
         nix::unistd::geteuid().is_root(),
         "the container tier needs root (run `cargo test` as root); it does not skip silently"
     );
+}
+
+/// The HRESULT of a failed call (a wait timeout is `0xC0370109`, as on the wire).
+fn hresult(e: &ContainerError) -> HResult {
+    match e {
+        ContainerError::WaitTimeout { .. } => HResult::TIMEOUT,
+        other => other.hresult().unwrap_or_else(|| panic!("no HRESULT in {other}")),
+    }
 }
 
 /// The busybox rootfs: `/bin/busybox` plus one symlink per applet, `/etc/passwd`, `/etc/group`.
@@ -85,7 +96,7 @@ impl Agent {
         require_root();
         let dir = TempDir::new(tag);
         let sock = dir.0.join("bridge.sock");
-        std::fs::create_dir_all(dir.0.join("stdio")).unwrap();
+        let prefix = dir.0.join("vsock.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let mut cmd = if cgroup2 {
             let mut c = tokio::process::Command::new("unshare");
@@ -101,21 +112,23 @@ impl Agent {
             .arg(format!("unix:{}", sock.display()))
             .arg("--run-dir")
             .arg(dir.0.join("run"))
-            .arg("--stdio-unix-dir")
-            .arg(dir.0.join("stdio"))
+            .arg("--stdio-unix-prefix")
+            .arg(&prefix)
             .args(["--log-level", "warning", "--no-redial"])
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
         let (stream, _) = timeout(STEP, listener.accept()).await.unwrap().unwrap();
-        let client = BridgeClient::new(stream);
+        let client = Arc::new(BridgeClient::new(stream));
         client.negotiate().await.unwrap();
+        let cc = ContainerClient::new(Arc::clone(&client), prefix);
         Self {
+            cc,
             client,
             child,
             dir,
-            next_port: AtomicU32::new(0x4000_0001),
+            seen: AtomicUsize::new(0),
         }
     }
 
@@ -153,23 +166,16 @@ impl Agent {
     }
 
     async fn create_with(&self, id: &str, spec: Spec, bundle: &Path) -> Result<(), HResult> {
-        let req = ContainerCreate {
-            container_config: Some(JsonString(ContainerConfig {
-                schema_version: SchemaVersion::V2_1,
-                oci_bundle_path: bundle.display().to_string(),
-                oci_specification: Some(spec),
-                scratch_dir_path: String::new(),
-            })),
-            supported_versions: None,
+        let config = ContainerConfig {
+            schema_version: SchemaVersion::V2_1,
+            oci_bundle_path: bundle.display().to_string(),
+            oci_specification: Some(spec),
+            scratch_dir_path: String::new(),
         };
-        self.client
-            .call::<_, ContainerCreateResponse>(MessageId::CREATE, id, &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                eprintln!("create {id}: {e}");
-                e.hresult().unwrap_or(HResult::S_OK)
-            })
+        self.cc.create_container(id, config).await.map_err(|e| {
+            eprintln!("create {id}: {}", rgcs_protocol::error_chain(&e));
+            hresult(&e)
+        })
     }
 
     /// A fresh bundle with a busybox rootfs, created with `args` (init not started).
@@ -204,7 +210,8 @@ impl Agent {
         (bundle, t0.elapsed())
     }
 
-    /// ExecuteProcess with the given stdio pipes; returns the PID and the host ends.
+    /// ExecuteProcess with the given stdio pipes; returns the PID and the host ends (the client
+    /// listens on the ports before the request, and the agent dials them before it answers).
     async fn execute(
         &self,
         cid: &str,
@@ -214,49 +221,11 @@ impl Agent {
         params.create_std_in_pipe = pipes[0];
         params.create_std_out_pipe = pipes[1];
         params.create_std_err_pipe = pipes[2];
-        let mut ports = [0u32; 3];
-        let mut accepts = Vec::new();
-        for (i, want) in pipes.iter().enumerate() {
-            if !want {
-                accepts.push(None);
-                continue;
-            }
-            let port = self.next_port.fetch_add(1, Ordering::Relaxed);
-            ports[i] = port;
-            let l = UnixListener::bind(self.dir.0.join("stdio").join(port.to_string())).unwrap();
-            accepts.push(Some(tokio::spawn(
-                async move { l.accept().await.map(|(s, _)| s) },
-            )));
-        }
-        let req = ExecuteProcessRequest {
-            settings: ExecuteProcessSettings {
-                process_parameters: JsonString(params),
-                stdio_relay_settings: None,
-                vsock_stdio_relay_settings: VsockStdioRelaySettings {
-                    std_in: ports[0],
-                    std_out: ports[1],
-                    std_err: ports[2],
-                },
-            },
-        };
-        let r = self
-            .client
-            .call::<_, ExecuteProcessResponse>(MessageId::EXECUTE_PROCESS, cid, &req)
+        let (pid, stdio) = self
+            .cc
+            .execute_process(cid, params)
             .await
-            .map_err(|e| e.hresult().unwrap_or(HResult::S_OK))?;
-        let mut streams = Vec::new();
-        for a in accepts {
-            streams.push(match a {
-                Some(h) => {
-                    // dialled before the reply: already connected
-                    assert!(h.is_finished() || timeout(Duration::from_millis(200), async {}).await.is_ok());
-                    Some(timeout(STEP, h).await.unwrap().unwrap().unwrap())
-                }
-                None => None,
-            });
-        }
-        let mut it = streams.into_iter();
-        let (stdin, stdout, stderr) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+            .map_err(|e| hresult(&e))?;
         let read = |s: Option<UnixStream>| {
             tokio::spawn(async move {
                 let mut out = Vec::new();
@@ -267,11 +236,11 @@ impl Agent {
             })
         };
         Ok((
-            r.process_id,
+            pid,
             Io {
-                stdin,
-                stdout: read(stdout),
-                stderr: read(stderr),
+                stdin: stdio.stdin,
+                stdout: read(stdio.stdout),
+                stderr: read(stdio.stderr),
             },
         ))
     }
@@ -301,51 +270,38 @@ impl Agent {
         self.execute(cid, params, pipes).await.unwrap()
     }
 
+    /// WaitForProcess with the wire's timeout (`INFINITE` waits forever).
     async fn wait(&self, cid: &str, pid: u32, timeout_ms: u32) -> Result<u32, HResult> {
-        let req = WaitForProcessRequest {
-            process_id: pid,
-            timeout_in_ms: timeout_ms,
-        };
-        timeout(
-            STEP * 2,
-            self.client
-                .call::<_, WaitForProcessResponse>(MessageId::WAIT_FOR_PROCESS, cid, &req),
-        )
-        .await
-        .expect("wait hung")
-        .map(|r| r.exit_code)
-        .map_err(|e| e.hresult().unwrap_or(HResult::S_OK))
+        let limit = (timeout_ms != INFINITE).then(|| Duration::from_millis(timeout_ms.into()));
+        timeout(STEP * 2, self.cc.wait_for_process(cid, pid, limit))
+            .await
+            .expect("wait hung")
+            .map_err(|e| hresult(&e))
     }
 
     async fn signal(&self, cid: &str, pid: u32, signal: i32) -> Result<(), HResult> {
-        let req = SignalProcessRequest {
-            process_id: pid,
-            options: (signal != 0).then_some(SignalProcessOptions { signal }),
-        };
-        self.client
-            .call::<_, Empty>(MessageId::SIGNAL_PROCESS, cid, &req)
+        self.cc
+            .signal_process(cid, pid, (signal != 0).then_some(signal))
             .await
-            .map(|_| ())
-            .map_err(|e| e.hresult().unwrap_or(HResult::S_OK))
+            .map_err(|e| hresult(&e))
     }
 
     async fn delete(&self, cid: &str) {
-        self.client
-            .call::<_, Empty>(MessageId::DELETE_CONTAINER_STATE, cid, &Empty {})
-            .await
-            .unwrap();
+        self.cc.delete_container_state(cid).await.unwrap();
     }
 
+    /// The next notification of the bridge (in arrival order).
     async fn notification(&self) -> ContainerNotification {
-        timeout(STEP, self.client.next_notification())
-            .await
-            .unwrap()
-            .unwrap()
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        self.cc.wait_nth_notification(n, STEP).await.unwrap()
     }
 
+    /// No notification beyond those consumed arrives within 300 ms.
     async fn no_notification(&self) {
+        let n = self.seen.load(Ordering::Relaxed) + 1;
         assert!(
-            timeout(Duration::from_millis(300), self.client.next_notification())
+            self.cc
+                .wait_nth_notification(n, Duration::from_millis(300))
                 .await
                 .is_err(),
             "an unexpected notification"
@@ -616,18 +572,7 @@ async fn exec_stdio_user_cwd_env_tty_and_process_list() {
             p.set_terminal(Some(true));
         })
         .await;
-    a.client
-        .call::<_, Empty>(
-            MessageId::RESIZE_CONSOLE,
-            "e1",
-            &ResizeConsoleRequest {
-                process_id: pid,
-                height: 37,
-                width: 111,
-            },
-        )
-        .await
-        .unwrap();
+    a.cc.resize_console("e1", pid, 37, 111).await.unwrap();
     io.stdin
         .as_mut()
         .unwrap()
@@ -662,48 +607,22 @@ async fn exec_stdio_user_cwd_env_tty_and_process_list() {
     let (pid, _io2) = a
         .exec("e1", &["sleep", "100"], [false, false, false], |_| {})
         .await;
-    let props: GetPropertiesResponse = a
-        .client
-        .call(
-            MessageId::GET_PROPERTIES,
-            "e1",
-            &GetPropertiesRequest {
-                query: JsonString(PropertyQuery {
-                    property_types: vec![PropertyType::ProcessList],
-                    queries: None,
-                }),
-            },
-        )
-        .await
-        .unwrap();
-    let pids: Vec<u32> = props
-        .properties
-        .0
-        .process_list
-        .iter()
-        .map(|p| p.process_id)
-        .collect();
+    let props =
+        a.cc.get_properties("e1", &[PropertyType::ProcessList])
+            .await
+            .unwrap();
+    let pids: Vec<u32> = props.process_list.iter().map(|p| p.process_id).collect();
     assert!(
         pids.contains(&init) && pids.contains(&pid),
         "{pids:?} (init {init}, exec {pid})"
     );
 
     // Statistics (LCOWMetrics) and ContainerConstraints on the live cgroup
-    let props: GetPropertiesResponse = a
-        .client
-        .call(
-            MessageId::GET_PROPERTIES,
-            "e1",
-            &GetPropertiesRequest {
-                query: JsonString(PropertyQuery {
-                    property_types: vec![PropertyType::Statistics],
-                    queries: None,
-                }),
-            },
-        )
-        .await
-        .unwrap();
-    let m = props.properties.0.lcow_metrics.expect("LCOWMetrics");
+    let props =
+        a.cc.get_properties("e1", &[PropertyType::Statistics])
+            .await
+            .unwrap();
+    let m = props.lcow_metrics.expect("LCOWMetrics");
     assert!(m.pids.as_ref().unwrap().current >= 2, "{m:?}");
     assert!(
         m.memory.as_ref().unwrap().usage.as_ref().unwrap().usage > 0,
@@ -833,18 +752,7 @@ async fn uvm_processes_exact_env_and_pty() {
         .execute(UVM_CONTAINER_ID, params, [true, true, false])
         .await
         .unwrap();
-    a.client
-        .call::<_, Empty>(
-            MessageId::RESIZE_CONSOLE,
-            UVM_CONTAINER_ID,
-            &ResizeConsoleRequest {
-                process_id: pid,
-                height: 40,
-                width: 120,
-            },
-        )
-        .await
-        .unwrap();
+    a.cc.resize_console(UVM_CONTAINER_ID, pid, 40, 120).await.unwrap();
     io.stdin
         .as_mut()
         .unwrap()

@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rgcs_host_shim::bridge::BridgeClient;
+use rgcs_client::bridge::BridgeClient;
 use rgcs_protocol::message::{Empty, UVM_CONTAINER_ID};
 use rgcs_protocol::{HResult, MessageId};
 use tokio::io::AsyncReadExt;

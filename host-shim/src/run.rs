@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bridge::{BridgeClient, ClientError};
-use crate::containers::spec::{init_process, Pipes, ProcessSpec, UserSpec};
-use crate::containers::{ContainerClient, ContainerError, ContainerSpec};
 use crate::image::{self, ImportedImage, Progress};
 use crate::rootfs::{add_binds, ContainerRootfs, RootfsError, Share, UvmStorage};
 use crate::session::{BootOptions, Session, SessionError, POWER_OFF_TIMEOUT};
 use crate::stdio::{relay_terminal, StdioError};
 use crate::vm::Uvm;
+use rgcs_client::bridge::{BridgeClient, ClientError};
+use rgcs_client::spec::{init_process, Pipes, ProcessSpec, UserSpec};
+use rgcs_client::{ContainerClient, ContainerError, ContainerSpec};
 
 /// `-v HOSTDIR:CTRDIR[:ro]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ pub enum RunError {
     Container(#[from] ContainerError),
     /// The container spec is invalid.
     #[error("invalid container spec")]
-    Spec(#[from] crate::containers::spec::SpecError),
+    Spec(#[from] rgcs_client::spec::SpecError),
     /// Relaying stdio failed.
     #[error("stdio relay failed")]
     Stdio(#[from] StdioError),

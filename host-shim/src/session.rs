@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use rgcs_protocol::message::GcsCapabilities;
 
-use crate::bridge::{BridgeClient, ClientError};
 use crate::kernel::{self, KernelError};
 use crate::vm::{Accel, Uvm, UvmConfig, UvmOptions, VmError};
+use rgcs_client::bridge::{BridgeClient, ClientError};
 
 /// How long the guest gets from QEMU spawn to dialling the bridge (TCG boots take ~4 s).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use rgcs_host_shim::qmp::{Qmp, QmpError};
 use rgcs_host_shim::scratch;
 use rgcs_host_shim::session::{BootOptions, Session};
+use rgcs_host_shim::vm::qmp::{Qmp, QmpError};
 
 fn initrd() -> PathBuf {
     rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}"))

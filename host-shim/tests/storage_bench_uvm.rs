@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rgcs_host_shim::containers::ContainerClient;
-use rgcs_host_shim::p9::bench::storage_in_uvm;
+use rgcs_client::ContainerClient;
+use rgcs_host_shim::bench::storage::storage_in_uvm;
 use rgcs_host_shim::session::{BootOptions, Session};
 
 fn initrd() -> PathBuf {

@@ -200,7 +200,7 @@ fn step(msg: &str, name: &str, took: Duration) -> LogLine {
 fn failure(level: Level, msg: &str, name: &str, err: &(dyn std::error::Error + 'static)) -> LogLine {
     LogLine::new(level, msg)
         .field("step", name)
-        .field("error", error_chain(err))
+        .field("error", rgcs_protocol::error_chain(err))
 }
 
 fn warn(msg: &str, name: &str, err: &(dyn std::error::Error + 'static)) -> LogLine {
@@ -209,18 +209,6 @@ fn warn(msg: &str, name: &str, err: &(dyn std::error::Error + 'static)) -> LogLi
 
 fn error(msg: &str, name: &str, err: &(dyn std::error::Error + 'static)) -> LogLine {
     failure(Level::Error, msg, name, err)
-}
-
-/// `outer: cause: root cause`, like anyhow's `{:#}`.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Logs a fatal error of step `name` everywhere it can (with `fatal: true`) and powers off.
@@ -252,19 +240,8 @@ mod tests {
     use super::*;
 
     #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] Inner);
-    #[derive(Debug, thiserror::Error)]
     #[error("inner")]
     struct Inner(#[source] Errno);
-
-    #[test]
-    fn error_chain_joins_every_cause() {
-        assert_eq!(
-            error_chain(&Outer(Inner(Errno::ENOENT))),
-            "outer: inner: ENOENT: No such file or directory"
-        );
-    }
 
     #[test]
     fn step_lines_carry_step_and_duration() {

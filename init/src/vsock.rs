@@ -16,11 +16,7 @@ use nix::sys::socket::{connect as connect_socket, socket, AddressFamily, SockFla
 /// The host's context ID (`VMADDR_CID_HOST`).
 pub const HOST_CID: u32 = 2;
 
-/// Port of the host's entropy seed listener.
-pub const ENTROPY_PORT: u32 = 1;
-
-/// Port of the host's guest-log listener (logrus JSON lines, GCS-PROTOCOL §1.2).
-pub const LOG_PORT: u32 = 109;
+pub use rgcs_protocol::ports::{ENTROPY_PORT, LOG_PORT};
 
 /// Total connect attempts before giving up on `ETIMEDOUT`.
 pub const DIAL_ATTEMPTS: u32 = 10;

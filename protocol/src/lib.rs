@@ -16,12 +16,15 @@
 //! * [`hresult`] — the signed HRESULTs of §5;
 //! * [`gojson`] — decoding with Go's `encoding/json` rules (case-insensitive names, null = zero);
 //! * [`jsonstr`] — JSON documents carried inside JSON strings;
+//! * [`ports`] — the well-known vsock ports;
+//! * [`errchain`] — an error and its causes on one line, the same on both sides;
 //! * `io` (feature `tokio`): `read_frame` / `write_frame`.
 //!
 //! The crate does no I/O without the `tokio` feature and contains no `unsafe`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod errchain;
 pub mod frame;
 pub mod gojson;
 pub mod hresult;
@@ -30,7 +33,9 @@ pub mod io;
 pub mod jsonstr;
 pub mod message;
 pub mod msgid;
+pub mod ports;
 
+pub use errchain::{error_chain, ErrorChain};
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameError, Header, HEADER_LEN};
 pub use hresult::HResult;
 pub use jsonstr::JsonString;

@@ -12,12 +12,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgcs_host_shim::containers::{
+use rgcs_client::stdio::Captured;
+use rgcs_client::{
     exec_process, init_process, prepare_busybox_rootfs, uvm_process, uvm_sh_ok, ContainerClient,
     ContainerSpec, Pipes, ProcessSpec, ShutdownKind, UserSpec, BUSYBOX_ROOTFS,
 };
 use rgcs_host_shim::session::Session;
-use rgcs_host_shim::stdio::Captured;
 use rgcs_protocol::message::{NotificationType, PropertyType, UVM_CONTAINER_ID};
 use rgcs_protocol::HResult;
 use rgcs_tests::{boot_options, init_logging};
@@ -58,7 +58,7 @@ async fn create_and_start(
     c: &ContainerClient,
     spec: &ContainerSpec,
     pipes: Pipes,
-) -> Result<(u32, rgcs_host_shim::stdio::HostStdio), String> {
+) -> Result<(u32, rgcs_client::stdio::HostStdio), String> {
     let id = &spec.id;
     let config = spec.config().map_err(err("spec"))?;
     step("Create", c.create_container(id, config))
@@ -466,9 +466,9 @@ async fn case_memory_and_stats(c: &ContainerClient) -> CaseResult {
             format!("OOM: Statistics oom_kill {reported}, memory.events says {oom_kills}")
         })?;
         // ContainerConstraints raises the limit; Statistics sees it.
-        let mut mem = rgcs_host_shim::containers::oci_spec::runtime::LinuxMemory::default();
+        let mut mem = rgcs_client::oci_spec::runtime::LinuxMemory::default();
         mem.set_limit(Some(48 << 20));
-        let mut res = rgcs_host_shim::containers::oci_spec::runtime::LinuxResources::default();
+        let mut res = rgcs_client::oci_spec::runtime::LinuxResources::default();
         res.set_memory(Some(mem));
         step("ContainerConstraints", c.update_constraints(a, res))
             .await?
@@ -629,9 +629,7 @@ async fn case_uvm_process(c: &ContainerClient) -> CaseResult {
 }
 
 async fn case_control_socket(client: &Arc<ContainerClient>) -> CaseResult {
-    use rgcs_host_shim::containers::control::{
-        request_async, stdio_from_fds, ControlServer, ProcessArgs, Request,
-    };
+    use rgcs_host_shim::control::{request_async, stdio_from_fds, ControlServer, ProcessArgs, Request};
     // The CLI's path: the control socket passes the guest's stdio sockets as descriptors.
     let dir = std::env::temp_dir().join(format!("rgcs-control-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err("control dir"))?;

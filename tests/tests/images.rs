@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgcs_host_shim::containers::{
+use rgcs_client::{
     exec_process, init_process, uvm_sh_ok, ContainerClient, ContainerSpec, Pipes, ProcessSpec,
 };
 use rgcs_host_shim::image::{self, demo, ImportedImage, NoProgress};
@@ -77,10 +77,7 @@ async fn residue(c: &ContainerClient) -> String {
     .expect("residue snapshot")
 }
 
-async fn modify_raw(
-    c: &ContainerClient,
-    resource: Resource,
-) -> Result<(), rgcs_host_shim::bridge::ClientError> {
+async fn modify_raw(c: &ContainerClient, resource: Resource) -> Result<(), rgcs_client::bridge::ClientError> {
     let body = ModifySettingsRequest {
         request: ModificationRequest::new(RequestType::Add, resource),
     };

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use rgcs_host_shim::bridge::BridgeClient;
+use rgcs_client::bridge::BridgeClient;
 use rgcs_host_shim::session::Session;
 use rgcs_host_shim::vm::GuestLevel;
 use rgcs_protocol::message::{Empty, GcsCapabilities, UVM_CONTAINER_ID};

@@ -1,5 +1,6 @@
 //! Stdio over the host's ports (GCS-PROTOCOL §1.3, §6.9): dial the ports named in the request
-//! (vsock, or `DIR/<port>` Unix sockets with `--stdio-unix-dir` for tests), and relay between them
+//! (vsock, or `PREFIX_<port>` Unix sockets with `--stdio-unix-prefix` for tests: the naming
+//! vhost-device-vsock gives guest ports on the host, so one host client serves both), and relay between them
 //! and the agent's ends of the process's pipes or pty.
 //!
 //! * stdout/stderr end with a **full close** of the stream after the last byte (vhost-device-vsock
@@ -31,8 +32,8 @@ pub const QUIET: Duration = Duration::from_secs(2);
 pub enum StdioTarget {
     /// vsock CID 2 (the product).
     Vsock,
-    /// `DIR/<port>` Unix stream sockets (tests without a VM).
-    UnixDir(PathBuf),
+    /// `PREFIX_<port>` Unix stream sockets (tests without a VM).
+    UnixPrefix(PathBuf),
 }
 
 /// The ports to dial, in stdin/stdout/stderr order: a port only when its `CreateStd*Pipe` flag is
@@ -50,8 +51,10 @@ async fn dial(target: &StdioTarget, port: u32) -> io::Result<OwnedFd> {
     let target = target.clone();
     tokio::task::spawn_blocking(move || match target {
         StdioTarget::Vsock => rgcs_init::vsock::connect(port),
-        StdioTarget::UnixDir(dir) => {
-            std::os::unix::net::UnixStream::connect(dir.join(port.to_string())).map(OwnedFd::from)
+        StdioTarget::UnixPrefix(prefix) => {
+            let mut path = prefix.into_os_string();
+            path.push(format!("_{port}"));
+            std::os::unix::net::UnixStream::connect(path).map(OwnedFd::from)
         }
     })
     .await

@@ -23,12 +23,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchError, Row, Summary};
-use crate::containers::{
+use crate::initrd::ExtraEntry;
+use crate::session::{BootOptions, Session};
+use rgcs_client::{
     exec_process, init_process, prepare_busybox_rootfs, uvm_sh, uvm_sh_ok, ContainerClient, ContainerError,
     ContainerSpec, Pipes, ProcessSpec, UvmShellError, BUSYBOX_ROOTFS,
 };
-use crate::initrd::ExtraEntry;
-use crate::session::{BootOptions, Session};
 
 /// Where the bench initrd puts the runtimes (their Debian paths).
 pub const RUNTIMES: [(&str, &str); 2] = [("runc", "/usr/sbin/runc"), ("crun", "/usr/bin/crun")];
@@ -319,7 +319,7 @@ async fn run(c: &ContainerClient, runs: usize) -> Result<Outcome, ContainersBenc
     let exec = match rgcs_exec(c, runs).await {
         Ok(v) => Some(v),
         Err(e) => {
-            let text = crate::containers::control::chain(&e);
+            let text = rgcs_protocol::error_chain(&e);
             tracing::warn!(error = %text, "rgcs exec series failed");
             errors.push(format!("rgcs exec: {text}"));
             None

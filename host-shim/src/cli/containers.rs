@@ -1,5 +1,5 @@
 //! `rgcs --uvm DIR create|start|exec|ps|stats|kill|rm|stacks`: clients of a served UVM's control
-//! socket (see `rgcs_host_shim::containers::control`).
+//! socket (see `rgcs_client::control`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rgcs_host_shim::containers::control::{request_async, stdio_from_fds, Answer, ProcessArgs, Request};
-use rgcs_host_shim::stdio::{relay_terminal, terminal_size};
+use rgcs_host_shim::control::{request_async, stdio_from_fds, Answer, ProcessArgs, Request};
+use rgcs_host_shim::stdio::relay_terminal;
+use rgcs_host_shim::sys::term::terminal_size;
 
 /// Options of a container process (`create` and `exec`).
 #[derive(Args, Debug)]

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use rgcs_host_shim::containers::ContainerClient;
+use rgcs_client::ContainerClient;
 use rgcs_host_shim::image::{self, demo, Progress, TerminalProgress};
 use rgcs_host_shim::run::{self, RunOptions, Volume};
 use rgcs_host_shim::session::{Session, POWER_OFF_TIMEOUT};
-use rgcs_host_shim::{bench, p9, scratch};
+use rgcs_host_shim::{bench, scratch};
 
 use crate::VmArgs;
 
@@ -134,7 +134,7 @@ pub async fn bench_storage(
     let Session { uvm, bridge, .. } = Session::boot(&vm.boot_options()).await.context("boot failed")?;
     let bridge = Arc::new(bridge);
     let client = ContainerClient::new(Arc::clone(&bridge), uvm.vsock_prefix());
-    let in_uvm = p9::bench::storage_in_uvm(&uvm, &bridge, &client, &work, mib).await;
+    let in_uvm = bench::storage::storage_in_uvm(&uvm, &bridge, &client, &work, mib).await;
     let _ = bridge.shutdown_uvm(true).await;
     let _ = uvm.wait(POWER_OFF_TIMEOUT).await;
     uvm.shutdown().await;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use rgcs_host_shim::containers::control::ControlServer;
-use rgcs_host_shim::containers::ContainerClient;
+use rgcs_client::ContainerClient;
+use rgcs_host_shim::control::ControlServer;
 use rgcs_host_shim::session::Session;
 use rgcs_host_shim::vm::{Uvm, UvmOptions, BRIDGE_PORT};
 
@@ -52,7 +52,7 @@ pub async fn boot(args: BootArgs) -> Result<ExitCode> {
         );
     } else {
         let stream = uvm.accept_bridge(rgcs_host_shim::session::BOOT_TIMEOUT).await?;
-        let bridge = rgcs_host_shim::bridge::BridgeClient::new(stream);
+        let bridge = rgcs_client::bridge::BridgeClient::new(stream);
         let caps = bridge.negotiate().await?;
         println!("{}", serde_json::to_string(&caps.capabilities)?);
         if let Some(dir) = &args.serve_dir {
@@ -66,10 +66,7 @@ pub async fn boot(args: BootArgs) -> Result<ExitCode> {
             );
             let task = tokio::spawn(async move {
                 if let Err(e) = server.serve().await {
-                    eprintln!(
-                        "rgcs: control socket failed: {}",
-                        rgcs_host_shim::containers::control::chain(&e)
-                    );
+                    eprintln!("rgcs: control socket failed: {}", rgcs_protocol::error_chain(&e));
                 }
             });
             _server = Some(AbortOnDrop(task));

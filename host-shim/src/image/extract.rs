@@ -15,10 +15,8 @@
 //! attributes, hard links, symlinks, device nodes and fifos are kept; this needs root (we run as
 //! root; see ADR 0005).
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -186,7 +184,7 @@ impl Extractor<'_> {
             Action::Opaque(dir) => {
                 let path = self.prepare(&dir, &name, true)?;
                 self.ensure_dir(&path)?;
-                set_xattr(&path, OPAQUE_XATTR, b"y")
+                crate::sys::fs::set_xattr(&path, OPAQUE_XATTR, b"y")
                     .map_err(|e| self.werr("set the opaque xattr on", &path, e))
             }
             Action::Whiteout(target) => {
@@ -426,7 +424,8 @@ impl Extractor<'_> {
             fs::set_permissions(path, perms).map_err(|e| self.werr("chmod", path, e))?;
         }
         for (name, value) in &meta.xattrs {
-            set_xattr(path, name, value).map_err(|e| self.werr("set an xattr on", path, e))?;
+            crate::sys::fs::set_xattr(path, name, value)
+                .map_err(|e| self.werr("set an xattr on", path, e))?;
         }
         if symlink {
             set_mtime(path, meta.mtime).map_err(|e| self.werr("set the mtime of", path, e))?;
@@ -452,37 +451,14 @@ fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// `lsetxattr(path, name, value)`.
-pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let cname = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: both strings are NUL-terminated and live across the call; `value` is a valid
-    // buffer of `value.len()` bytes that the kernel only reads.
-    let rc = unsafe {
-        libc::lsetxattr(
-            cpath.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Opens `rel` (which may contain symlinks) strictly beneath `root` (`openat2` with
 /// `RESOLVE_BENEATH`): for reading manifests and blobs of an image layout.
 pub fn open_beneath(root: &File, rel: &str) -> io::Result<File> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsFd;
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root.as_raw_fd(), rel, how).map_err(io::Error::from)?;
-    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let fd = crate::sys::fs::open_beneath(root.as_fd(), Path::new(rel), how).map_err(io::Error::from)?;
+    Ok(File::from(fd))
 }

@@ -8,12 +8,12 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, FileStat, SFlag};
 
 use super::wire::Qid;
@@ -61,9 +61,7 @@ impl Root {
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        let fd = openat2(self.fd.as_raw_fd(), rel_or_dot(rel), how)?;
-        // SAFETY: openat2 just returned this descriptor; nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        crate::sys::fs::open_beneath(self.fd.as_fd(), rel_or_dot(rel), how)
     }
 
     /// An `O_PATH` descriptor of `rel` itself (a symlink stays a symlink).

@@ -9,7 +9,6 @@
 //! share root ([`host`]); read-only shares answer `EROFS` to every mutating request; guests
 //! cannot create device nodes; messages are bounded by the negotiated msize (≤ 65536).
 
-pub mod bench;
 mod conn;
 pub mod host;
 mod mutate;
@@ -27,7 +26,7 @@ use crate::vm::VsockListener;
 pub use host::Root;
 
 /// The vsock port LCOW guests dial for Plan 9 shares.
-pub const PORT: u32 = 564;
+pub const PORT: u32 = rgcs_protocol::ports::PLAN9_PORT;
 
 pub(crate) type Shares = Arc<RwLock<HashMap<String, Arc<Root>>>>;
 

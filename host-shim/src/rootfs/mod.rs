@@ -22,13 +22,13 @@ use rgcs_protocol::message::{
 };
 use rgcs_protocol::MessageId;
 
-use crate::bridge::{BridgeClient, ClientError};
-use crate::containers::spec::bundle_path;
 use crate::image::ImportedImage;
 use crate::p9;
-use crate::qmp::{DiskHandle, Qmp, QmpError};
 use crate::scratch;
+use crate::vm::qmp::{DiskHandle, Qmp, QmpError};
 use crate::vm::{Uvm, VmError};
+use rgcs_client::bridge::{BridgeClient, ClientError};
+use rgcs_client::spec::bundle_path;
 
 mod pmem;
 

@@ -7,8 +7,8 @@ use std::path::Path;
 use rgcs_protocol::message::{RequestType, Resource, VpMemDevice};
 
 use super::{modify, AttachedLayer, Device, RootfsError, UvmStorage};
-use crate::bridge::BridgeClient;
-use crate::qmp::PmemHandle;
+use crate::vm::qmp::PmemHandle;
+use rgcs_client::bridge::BridgeClient;
 
 /// Largest layer put on a pmem device (hcsshim's VPMem limit).
 const MAX_PMEM_LAYER: u64 = 4 << 30;

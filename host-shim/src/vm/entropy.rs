@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::vsock::VsockListener;
+use rgcs_client::vsock::VsockListener;
 
 /// Bytes sent per connection (as hcsshim does).
 pub const ENTROPY_BYTES: usize = 512;

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::broadcast;
 
-use super::vsock::VsockListener;
+use rgcs_client::vsock::VsockListener;
 
 /// Longest line kept; the rest of a longer line is dropped.
 pub const MAX_LINE_LEN: usize = 64 * 1024;

@@ -16,8 +16,8 @@ pub mod entropy;
 pub mod guest_log;
 mod process;
 pub mod qemu;
+pub mod qmp;
 pub mod rundir;
-pub mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -33,8 +33,9 @@ use tokio::task::JoinHandle;
 pub use config::{pmem_port, Accel, ConfigError, ResolvedAccel, UvmConfig, DEFAULT_PMEM_SLOTS};
 pub use guest_log::{GuestLevel, GuestLogRecord, GuestLogs};
 pub use process::SpawnError;
+pub use rgcs_client::vsock::{VsockError, VsockListener};
+pub use rgcs_protocol::ports::{BRIDGE_PORT, ENTROPY_PORT, FIRST_STDIO_PORT, LOG_PORT};
 pub use rundir::{RunDir, RunDirError};
-pub use vsock::{VsockError, VsockListener, BRIDGE_PORT, ENTROPY_PORT, FIRST_STDIO_PORT, LOG_PORT};
 
 use process::ChildProc;
 

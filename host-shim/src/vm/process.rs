@@ -53,27 +53,12 @@ pub(crate) fn spawn(
         path: log.into(),
         source,
     })?;
-    let parent = std::process::id();
     cmd.stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec. It only calls `prctl` and
-    // `getppid`, which are async-signal-safe syscalls, builds an `io::Error` from a raw errno
-    // (no allocation), and touches no memory shared with other threads of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() as u32 != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
+    crate::sys::process::die_with_parent(cmd);
     let mut child = cmd.spawn().map_err(|source| SpawnError::Spawn { name, source })?;
     let raw_pid = child.id().ok_or(SpawnError::NoPid { name })?;
     let pid = Pid::from_raw(i32::try_from(raw_pid).map_err(|_| SpawnError::NoPid { name })?);

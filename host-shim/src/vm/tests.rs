@@ -120,7 +120,7 @@ async fn serves_entropy_logs_and_bridge_then_cleans_up() {
     let run_dir = uvm.run_dir().to_path_buf();
     assert!(run_dir.as_os_str().len() <= rundir::MAX_RUN_DIR_LEN);
     assert!(run_dir.join("vhost.sock").exists());
-    let port = |p: u32| vsock::port_path(uvm.vsock_prefix(), p);
+    let port = |p: u32| rgcs_client::vsock::port_path(uvm.vsock_prefix(), p);
     for p in [ENTROPY_PORT, LOG_PORT, BRIDGE_PORT] {
         assert!(port(p).exists(), "no listener for port {p}");
     }
@@ -211,7 +211,7 @@ async fn without_bridge_serving_the_port_is_free() {
         Err(VmError::BridgeNotServed)
     ));
     let own = uvm.listen(BRIDGE_PORT).unwrap();
-    assert!(vsock::port_path(uvm.vsock_prefix(), BRIDGE_PORT).exists());
+    assert!(rgcs_client::vsock::port_path(uvm.vsock_prefix(), BRIDGE_PORT).exists());
     assert!(uvm.wait(Duration::from_millis(20)).await.is_err());
     drop(own);
     let pid = uvm.qemu_pid();

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rgcs_protocol::message::UVM_CONTAINER_ID;
 
-use super::client::{ContainerClient, ContainerError};
-use super::spec::{uvm_process, Pipes};
+use crate::containers::{ContainerClient, ContainerError};
+use crate::spec::{uvm_process, Pipes};
 use crate::stdio::{Captured, StdioError};
 
 /// Where busybox lives in an initrd built with `--busybox`.

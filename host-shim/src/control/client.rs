@@ -20,24 +20,8 @@ pub fn request(dir: &Path, req: &Request) -> Result<(Answer, Vec<OwnedFd>), Cont
     let mut fds = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     while !got.ends_with(b"\n") {
-        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<UnixAddr>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| io_err(e.into()))?;
-        for c in msg.cmsgs().map_err(|e| io_err(e.into()))? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
-                    // SAFETY: SCM_RIGHTS hands this process new descriptors that nothing else owns.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        let n = msg.bytes;
+        let (n, got_fds) = crate::sys::scm::recv_with_fds(stream.as_fd(), &mut buf).map_err(io_err)?;
+        fds.extend(got_fds);
         if n == 0 {
             return Err(ControlError::BadAnswer(
                 "the server closed without answering".into(),

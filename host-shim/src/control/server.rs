@@ -58,7 +58,7 @@ impl ControlServer {
             let me = Arc::clone(&self);
             tokio::spawn(async move {
                 if let Err(e) = me.connection(stream).await {
-                    tracing::debug!(error = %chain(&e), "control connection failed");
+                    tracing::debug!(error = %error_chain(&e), "control connection failed");
                 }
             });
         }
@@ -79,23 +79,11 @@ impl ControlServer {
         };
         let mut text = serde_json::to_vec(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
         text.push(b'\n');
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         let sent = loop {
             stream.writable().await.map_err(io_err)?;
             let r = stream.try_io(Interest::WRITABLE, || {
-                let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![ControlMessage::ScmRights(&raw)]
-                };
-                sendmsg::<UnixAddr>(
-                    stream.as_raw_fd(),
-                    &[IoSlice::new(&text)],
-                    &cmsgs,
-                    MsgFlags::empty(),
-                    None,
-                )
-                .map_err(io::Error::from)
+                crate::sys::scm::send_with_fds(stream.as_fd(), &text, &borrowed)
             });
             match r {
                 Ok(n) => break n,
@@ -126,7 +114,7 @@ impl ControlServer {
             let r = client
                 .wait_for_process(&id, pid, None)
                 .await
-                .map_err(|e| chain(&e));
+                .map_err(|e| error_chain(&e));
             let _ = tx.send(Some(r));
         });
     }
@@ -137,8 +125,7 @@ impl ControlServer {
         for (i, s) in [stdio.stdin, stdio.stdout, stdio.stderr].into_iter().enumerate() {
             if let Some(s) = s {
                 let std = s.into_std().map_err(|e| e.to_string())?;
-                // SAFETY: `into_raw_fd` hands over sole ownership of an open descriptor.
-                fds.push(unsafe { OwnedFd::from_raw_fd(std.into_raw_fd()) });
+                fds.push(OwnedFd::from(std));
                 which[i] = true;
             }
         }
@@ -155,7 +142,7 @@ impl ControlServer {
 
     async fn handle_inner(&self, req: Request) -> Result<(Answer, Vec<OwnedFd>), String> {
         let c = &self.client;
-        let e = |e: crate::containers::ContainerError| chain(&e);
+        let e = |e: rgcs_client::ContainerError| error_chain(&e);
         match req {
             Request::Create {
                 id,
@@ -168,9 +155,9 @@ impl ControlServer {
                     None => {
                         let ready = self.state.lock().map(|s| s.rootfs_ready).unwrap_or(false);
                         if !ready {
-                            prepare_busybox_rootfs(c, BUSYBOX_ROOTFS)
-                                .await
-                                .map_err(|e| format!("cannot prepare the busybox rootfs: {}", chain(&e)))?;
+                            prepare_busybox_rootfs(c, BUSYBOX_ROOTFS).await.map_err(|e| {
+                                format!("cannot prepare the busybox rootfs: {}", error_chain(&e))
+                            })?;
                             if let Ok(mut s) = self.state.lock() {
                                 s.rootfs_ready = true;
                             }
@@ -305,7 +292,7 @@ impl ControlServer {
                     .and_then(|s| s.containers.get(&id).and_then(|c| c.0));
                 if force {
                     if let Err(err) = c.shutdown_container(&id, ShutdownKind::Forced).await {
-                        tracing::debug!(error = %chain(&err), "forced shutdown before rm");
+                        tracing::debug!(error = %error_chain(&err), "forced shutdown before rm");
                     }
                     let rx =
                         init.and_then(|pid| self.state.lock().ok()?.exits.get(&(id.clone(), pid)).cloned());

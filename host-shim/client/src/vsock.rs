@@ -10,14 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Guest port of the entropy seed (host writes 512 bytes, then closes).
-pub const ENTROPY_PORT: u32 = 1;
-/// Guest port of the GCS log stream (logrus JSON lines).
-pub const LOG_PORT: u32 = 109;
-/// Guest port of the GCS bridge.
-pub const BRIDGE_PORT: u32 = 0x4000_0000;
-/// First port the host allocates for process stdio.
-pub const FIRST_STDIO_PORT: u32 = 0x4000_0001;
+pub use rgcs_protocol::ports::{BRIDGE_PORT, ENTROPY_PORT, FIRST_STDIO_PORT, LOG_PORT};
 
 /// Errors of vsock listeners and connections.
 #[derive(Debug, thiserror::Error)]

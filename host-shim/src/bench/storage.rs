@@ -11,12 +11,12 @@ use rgcs_protocol::message::{
 };
 use rgcs_protocol::MessageId;
 
-use super::{Server, PORT};
-use crate::bridge::{BridgeClient, ClientError};
-use crate::containers::{uvm_sh_ok, ContainerClient, UvmShellError};
-use crate::qmp::{Qmp, QmpError};
+use crate::p9::{Server, PORT};
 use crate::scratch::{self, ScratchError};
+use crate::vm::qmp::{Qmp, QmpError};
 use crate::vm::{Uvm, VmError};
+use rgcs_client::bridge::{BridgeClient, ClientError};
+use rgcs_client::{uvm_sh_ok, ContainerClient, UvmShellError};
 
 /// Where the agent mounts the two file systems.
 const SHARE_MOUNT: &str = "/run/mounts/plan9/bench";
@@ -44,7 +44,7 @@ pub enum BenchError {
     },
     /// Serving the share failed.
     #[error("9p share")]
-    Share(#[from] super::P9Error),
+    Share(#[from] crate::p9::P9Error),
     /// The vsock listener failed.
     #[error("9p listener")]
     Vm(#[from] VmError),

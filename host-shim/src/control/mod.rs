@@ -11,23 +11,22 @@
 //! container's notification depends on it) and keeps the exit code for `wait` requests.
 
 use std::collections::HashMap;
-use std::io::{self, IoSlice, IoSliceMut, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use rgcs_client::spec::{exec_process, init_process, ContainerSpec, Pipes, ProcessSpec, UserSpec};
+use rgcs_client::stdio::HostStdio;
+use rgcs_client::uvm::{prepare_busybox_rootfs, BUSYBOX_ROOTFS};
+use rgcs_client::{ContainerClient, ShutdownKind};
+use rgcs_protocol::error_chain;
 use rgcs_protocol::message::PropertyType;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-
-use super::client::{ContainerClient, ShutdownKind};
-use super::spec::{exec_process, init_process, ContainerSpec, Pipes, ProcessSpec, UserSpec};
-use super::uvm::{prepare_busybox_rootfs, BUSYBOX_ROOTFS};
-use crate::stdio::HostStdio;
 
 /// The control socket's file name inside the serve directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
@@ -216,20 +215,10 @@ impl Answer {
     }
 }
 
-/// Renders an error and its sources on one line (`a: b: c`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
-
 mod client;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub use client::{request, request_async, stdio_from_fds};
 pub use server::ControlServer;

@@ -110,7 +110,7 @@ impl BridgeClient {
                 let frame = match read_frame(&mut rd, &mut decoder).await {
                     Ok(Some(f)) => f,
                     Ok(None) => break "the guest closed the bridge".to_owned(),
-                    Err(e) => break format!("bridge read failed: {e}: {}", source_text(&e)),
+                    Err(e) => break format!("bridge read failed: {}", rgcs_protocol::ErrorChain(&e)),
                 };
                 match frame.message.kind() {
                     Kind::Notification => match gojson::from_slice::<ContainerNotification>(&frame.payload) {
@@ -289,14 +289,4 @@ fn decode_checked<R: DeserializeOwned>(what: &'static str, payload: &[u8]) -> Re
     let (_, body): (ResponseBase, R) =
         decode_response(payload).map_err(|source| ClientError::Decode { what, source })?;
     Ok(body)
-}
-
-fn source_text(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut s = e.source();
-    while let Some(inner) = s {
-        parts.push(inner.to_string());
-        s = inner.source();
-    }
-    parts.join(": ")
 }

@@ -23,10 +23,12 @@ use tokio::net::UnixStream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::spec::adjust_resources;
+use rgcs_protocol::ports::FIRST_STDIO_PORT;
+
 use crate::bridge::{BridgeClient, ClientError};
+use crate::spec::adjust_resources;
 use crate::stdio::HostStdio;
-use crate::vm::{VsockError, VsockListener, FIRST_STDIO_PORT};
+use crate::vsock::{VsockError, VsockListener};
 
 /// How long the guest gets to dial the stdio ports once it has answered ExecuteProcess (it dials
 /// before answering, so the connections are already queued).
@@ -80,7 +82,7 @@ pub enum ContainerError {
     },
     /// The spec could not be built.
     #[error("invalid container spec")]
-    Spec(#[from] super::SpecError),
+    Spec(#[from] crate::spec::SpecError),
 }
 
 impl ContainerError {
@@ -106,6 +108,8 @@ pub enum ShutdownKind {
 #[derive(Debug, Default)]
 struct NoteBook {
     by_container: HashMap<String, Vec<ContainerNotification>>,
+    /// Every notification, in arrival order.
+    log: Vec<ContainerNotification>,
     closed: bool,
 }
 
@@ -136,7 +140,8 @@ fn target(container_id: &str) -> String {
 
 impl ContainerClient {
     /// A client over a negotiated bridge; guest port `P` arrives on `<vsock_prefix>_P`
-    /// ([`crate::vm::Uvm::vsock_prefix`]). Takes over the bridge's notification stream.
+    /// (the UVM launcher's vsock prefix, or the agent's `--stdio-unix-prefix` in tests). Takes over
+    /// the bridge's notification stream.
     pub fn new(bridge: Arc<BridgeClient>, vsock_prefix: impl Into<PathBuf>) -> Self {
         let notes = Arc::new(Mutex::new(NoteBook::default()));
         let note_arrived = Arc::new(Notify::new());
@@ -151,7 +156,8 @@ impl ContainerClient {
                         if !list.is_empty() {
                             tracing::warn!(container = %n.container_id, "second notification for one container");
                         }
-                        list.push(n);
+                        list.push(n.clone());
+                        book.log.push(n);
                     }
                     arrived.notify_waiters();
                 }
@@ -484,12 +490,13 @@ impl ContainerClient {
             .unwrap_or_default()
     }
 
-    /// Waits for the first notification of `id`.
-    pub async fn wait_notification(
-        &self,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<ContainerNotification, ContainerError> {
+    /// Every notification received so far, whatever its container, in arrival order.
+    pub fn notification_log(&self) -> Vec<ContainerNotification> {
+        self.notes.lock().map(|b| b.log.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `pick` finds a notification in the book (or the bridge closes).
+    async fn wait_book<T>(&self, timeout: Duration, pick: impl Fn(&NoteBook) -> Option<T>) -> Option<T> {
         let fut = async {
             loop {
                 let arrived = self.note_arrived.notified();
@@ -497,8 +504,8 @@ impl ContainerClient {
                 arrived.as_mut().enable();
                 {
                     let book = self.notes.lock().ok()?;
-                    if let Some(n) = book.by_container.get(id).and_then(|l| l.first()) {
-                        return Some(n.clone());
+                    if let Some(v) = pick(&book) {
+                        return Some(v);
                     }
                     if book.closed {
                         return None;
@@ -507,12 +514,39 @@ impl ContainerClient {
                 arrived.await;
             }
         };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Some(n)) => Ok(n),
-            Ok(None) | Err(_) => Err(ContainerError::NoNotification {
-                id: id.to_owned(),
+        tokio::time::timeout(timeout, fut).await.ok().flatten()
+    }
+
+    /// Waits for the first notification of `id`.
+    pub async fn wait_notification(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<ContainerNotification, ContainerError> {
+        self.wait_book(timeout, |b| {
+            b.by_container.get(id).and_then(|l| l.first()).cloned()
+        })
+        .await
+        .ok_or_else(|| ContainerError::NoNotification {
+            id: id.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Waits for the `n`-th notification (counting from 1) of the whole bridge.
+    pub async fn wait_nth_notification(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<ContainerNotification, ContainerError> {
+        self.wait_book(timeout, |b| n.checked_sub(1).and_then(|i| b.log.get(i)).cloned())
+            .await
+            .ok_or_else(|| ContainerError::NoNotification {
+                id: format!("#{n}"),
                 timeout,
-            }),
-        }
+            })
     }
 }
+
+#[cfg(test)]
+mod tests;
