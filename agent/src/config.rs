@@ -36,6 +36,11 @@ pub struct Config {
     /// Dial stdio "ports" as Unix sockets `PREFIX_<port>` instead of vsock (`--stdio-unix-prefix`,
     /// for tests without a VM).
     pub stdio_unix_prefix: Option<PathBuf>,
+    /// The longest gap the host may leave inside a frame before the connection is dropped
+    /// (`--bridge-stall-ms`).
+    pub bridge_stall: std::time::Duration,
+    /// The deadline of one executor (libcontainer) call (`--executor-deadline-ms`).
+    pub executor_deadline: std::time::Duration,
 }
 
 impl Default for Config {
@@ -47,6 +52,8 @@ impl Default for Config {
             late_modules: true,
             run_dir: PathBuf::from("/run/gcs"),
             stdio_unix_prefix: None,
+            bridge_stall: crate::bridge::conn::DEFAULT_STALL,
+            executor_deadline: crate::container::runtime::DEFAULT_DEADLINE,
         }
     }
 }
@@ -60,6 +67,9 @@ pub enum ConfigError {
     /// `--bridge` is neither `vsock[:PORT]` nor `unix:PATH`.
     #[error("bad --bridge value {0:?}: expected vsock, vsock:PORT or unix:PATH")]
     BadBridge(String),
+    /// A flag's value is malformed.
+    #[error("bad value {1:?} for flag {0}")]
+    BadValue(String, String),
     /// An argument we do not know and hcsshim does not pass.
     #[error("unknown argument {0:?}")]
     Unknown(String),
@@ -111,6 +121,10 @@ impl Config {
                 "stdio-unix-prefix" => {
                     cfg.stdio_unix_prefix = Some(PathBuf::from(value("stdio-unix-prefix")?))
                 }
+                "bridge-stall-ms" => cfg.bridge_stall = millis("bridge-stall-ms", value("bridge-stall-ms")?)?,
+                "executor-deadline-ms" => {
+                    cfg.executor_deadline = millis("executor-deadline-ms", value("executor-deadline-ms")?)?
+                }
                 n if IGNORED_WITH_VALUE.contains(&n) => {
                     value(n)?;
                 }
@@ -120,6 +134,15 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+/// A positive number of milliseconds.
+fn millis(flag: &str, v: String) -> Result<std::time::Duration, ConfigError> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| ConfigError::BadValue(flag.into(), v))
 }
 
 fn parse_bridge(v: &str) -> Result<BridgeTarget, ConfigError> {

@@ -3,41 +3,13 @@
 
 use std::sync::Arc;
 
-use rgcs_protocol::message::{Request, RequestBase, Resource};
+use rgcs_protocol::message::{Request, RequestBase};
 use rgcs_protocol::MessageId;
-use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::error::GcsError;
 use crate::host::Host;
+use crate::outcome::Outcome;
 use crate::{container, process, storage};
-
-/// What a handler asks the connection to do.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Send a success response with these body fields (beside the base).
-    Reply(Map<String, Value>),
-    /// Power the VM off without replying (Shutdown* on the UVM ID, GCS-PROTOCOL §4.11).
-    PowerOff,
-}
-
-impl Outcome {
-    /// A success with no body fields.
-    pub fn empty() -> Self {
-        Self::Reply(Map::new())
-    }
-
-    /// A success whose body is `body`'s JSON object fields.
-    pub fn body<T: Serialize>(body: &T) -> Result<Self, GcsError> {
-        match serde_json::to_value(body) {
-            Ok(Value::Object(map)) => Ok(Self::Reply(map)),
-            Ok(other) => Err(GcsError::Internal(format!(
-                "response body is not an object: {other}"
-            ))),
-            Err(e) => Err(GcsError::Internal(format!("cannot encode the response: {e}"))),
-        }
-    }
-}
 
 /// Largest DumpStacks text; the frame must stay under 64 KiB with the JSON escaping around it.
 const DUMP_MAX: usize = 48 * 1024;
@@ -65,13 +37,7 @@ pub async fn dispatch(
         Request::ShutdownForced => container::shutdown(host, base, true).await,
         Request::GetProperties(req) => container::get_properties(host, base, req).await,
         Request::ModifySettings(req) if base.is_uvm() => storage::modify(host, base, *req).await,
-        Request::ModifySettings(req) => match req.request.resource {
-            Resource::ContainerConstraints(c) => container::update_constraints(host, base, *c).await,
-            other => Err(GcsError::Unsupported(format!(
-                "ResourceType {:?} for containers",
-                other.resource_type()
-            ))),
-        },
+        Request::ModifySettings(req) => container::modify(host, base, *req).await,
         Request::DumpStacks => Outcome::body(&serde_json::json!({ "GuestStacks": host.dump(DUMP_MAX) })),
         Request::DeleteContainerState => container::delete_state(host, base).await,
         Request::NegotiateProtocol(_) => Err(GcsError::NotImplemented(message)),

@@ -1,4 +1,5 @@
-//! Errors of request handling, and the single place that maps them to wire HRESULTs.
+//! Errors of request handling, and the single place that maps them to wire HRESULTs: every
+//! error frame the agent sends is built from a [`GcsError`] (`bridge/conn.rs` makes none itself).
 
 use rgcs_protocol::HResult;
 
@@ -8,6 +9,28 @@ pub enum GcsError {
     /// The message type is not implemented (unknown, or one the Linux GCS never handles).
     #[error("message type {0} is not implemented")]
     NotImplemented(rgcs_protocol::MessageId),
+    /// A request before NegotiateProtocol succeeded on this connection.
+    #[error("protocol not negotiated")]
+    NotNegotiated,
+    /// A second NegotiateProtocol on one connection.
+    #[error("protocol already negotiated")]
+    AlreadyNegotiated,
+    /// The host's version range does not include 4.
+    #[error("protocol versions {min}..={max} do not include version 4")]
+    UnsupportedVersion {
+        /// `MinimumVersion`.
+        min: u32,
+        /// `MaximumVersion`.
+        max: u32,
+    },
+    /// A request over the guest's frame limit, skipped unread.
+    #[error("request of {size} bytes exceeds the guest's limit of {max} bytes")]
+    RequestTooLarge {
+        /// Its `Size`.
+        size: u32,
+        /// The limit.
+        max: u32,
+    },
     /// The payload is not valid JSON for its type.
     #[error("invalid JSON in the {what} payload")]
     InvalidJson {
@@ -56,6 +79,16 @@ pub enum GcsError {
         /// The executor's error chain.
         message: String,
     },
+    /// An executor call did not finish within its deadline; the zygote was replaced.
+    #[error("{op} container {id:?}: the executor did not answer within {after:?}")]
+    ExecutorTimeout {
+        /// What was attempted.
+        op: &'static str,
+        /// The container.
+        id: String,
+        /// The deadline.
+        after: std::time::Duration,
+    },
     /// A system call or file operation of the agent failed.
     #[error("{what}")]
     Io {
@@ -80,14 +113,16 @@ impl GcsError {
     /// The HRESULT the host expects for this error (GCS-PROTOCOL §5).
     pub fn hresult(&self) -> HResult {
         match self {
-            Self::NotImplemented(_) => HResult::NOT_IMPL,
+            Self::NotImplemented(_) | Self::NotNegotiated | Self::AlreadyNegotiated => HResult::NOT_IMPL,
+            Self::UnsupportedVersion { .. } => HResult::UNSUPPORTED_PROTOCOL_VERSION,
+            Self::RequestTooLarge { .. } => HResult::FAIL,
             Self::InvalidJson { .. } => HResult::INVALID_JSON,
             Self::ContainerNotFound(_) => HResult::SYSTEM_NOT_FOUND,
             Self::ContainerExists(_) => HResult::SYSTEM_ALREADY_EXISTS,
             Self::InvalidConfig { .. } => HResult::INVALID_JSON,
             Self::InvalidState { .. } => HResult::INVALID_STATE,
             Self::ProcessNotFound(_) => HResult::NOT_FOUND,
-            Self::WaitTimeout(_) => HResult::TIMEOUT,
+            Self::WaitTimeout(_) | Self::ExecutorTimeout { .. } => HResult::TIMEOUT,
             Self::Storage(_) => HResult::FAIL,
             Self::Runtime { .. } | Self::Io { .. } | Self::Unsupported(_) | Self::Internal(_) => {
                 HResult::FAIL

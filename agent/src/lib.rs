@@ -3,7 +3,8 @@
 //!
 //! * [`config`] — command-line flags (hcsshim's, plus ours);
 //! * [`bridge`] — dial, negotiate, serve, re-dial;
-//! * [`dispatch`] — one arm per request type;
+//! * [`dispatch`] — one arm per request type (frame → dispatch → domain → executor);
+//! * [`outcome`] — what a handler returns to the connection;
 //! * [`host`] — agent-wide state;
 //! * [`modules`] — the background load of storage kernel modules;
 //! * [`logging`] — logrus-style JSON lines for the host's log port;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod host;
 pub mod logging;
 pub mod modules;
+pub mod outcome;
 pub mod process;
 pub mod reaper;
 pub mod storage;
@@ -29,7 +31,7 @@ use std::sync::Arc;
 pub fn run(cfg: config::Config) -> i32 {
     // The zygote must be forked while this process still has one thread: before logging (which
     // starts a thread) and before the runtime. In the zygote, `start` never returns.
-    let zygote = container::runtime::start(&cfg.run_dir.join("runtime"));
+    let zygote = container::runtime::start(&cfg.run_dir.join("runtime"), cfg.executor_deadline);
     logging::install(logging::level_filter(&cfg.log_level));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -10,6 +10,11 @@ fn main() {
     if std::process::id() == 1 {
         rgcs_init::pid1::main(args);
     }
+    if args.first().is_some_and(|a| a == "--zygote") {
+        // A replacement executor zygote started by the agent (never returns).
+        let root = args.get(1).map(std::path::PathBuf::from).unwrap_or_default();
+        rgcs_agent::container::runtime::zygote_main(&root);
+    }
     let args: Result<Vec<String>, OsString> = args.into_iter().map(OsString::into_string).collect();
     let cfg = match args
         .map_err(|a| format!("argument {a:?} is not UTF-8"))

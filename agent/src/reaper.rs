@@ -25,6 +25,8 @@ pub use rgcs_init::reaper::ExitStatus;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
+use crate::sys::pid::ProcessId;
+
 /// How long an exit nobody claimed is kept.
 pub const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 /// At most this many unclaimed exits are kept (oldest dropped first).
@@ -77,7 +79,8 @@ impl Reaper {
 
     /// Watches `pid`, a child spawned at (or just after) `spawned_at`. If it already exited after
     /// that instant, the watch resolves at once.
-    pub fn watch(&self, pid: i32, spawned_at: Instant) -> ExitWatch {
+    pub fn watch(&self, pid: ProcessId, spawned_at: Instant) -> ExitWatch {
+        let pid = pid.raw();
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match st.unclaimed.remove(&pid) {
@@ -166,11 +169,11 @@ mod tests {
         let t0 = Instant::now();
         r.deliver(100, ExitStatus::Exited(3), Instant::now());
         // a process spawned before the reap claims it
-        assert_eq!(r.watch(100, t0).wait().await, Some(ExitStatus::Exited(3)));
+        assert_eq!(r.watch(ProcessId::new(100).unwrap(), t0).wait().await, Some(ExitStatus::Exited(3)));
         // an exit reaped before a newer process with the same pid was spawned is not its exit
         r.deliver(200, ExitStatus::Exited(1), Instant::now());
         let later = Instant::now() + Duration::from_millis(1);
-        let w = r.watch(200, later);
+        let w = r.watch(ProcessId::new(200).unwrap(), later);
         r.deliver(200, ExitStatus::Signaled(9), later + Duration::from_millis(1));
         assert_eq!(w.wait().await, Some(ExitStatus::Signaled(9)));
         assert_eq!(ExitStatus::Signaled(9).code(), 137);
@@ -180,8 +183,8 @@ mod tests {
     async fn several_watchers_all_get_the_exit() {
         let r = Reaper::default();
         let t0 = Instant::now();
-        let a = r.watch(7, t0);
-        let b = r.watch(7, t0);
+        let a = r.watch(ProcessId::new(7).unwrap(), t0);
+        let b = r.watch(ProcessId::new(7).unwrap(), t0);
         r.deliver(7, ExitStatus::Exited(0), Instant::now());
         assert_eq!(a.wait().await, Some(ExitStatus::Exited(0)));
         assert_eq!(b.wait().await, Some(ExitStatus::Exited(0)));
@@ -210,7 +213,7 @@ mod tests {
             .args(["-c", "exit 7"])
             .spawn()
             .unwrap();
-        let w = r.watch(child.id() as i32, t0);
+        let w = r.watch(ProcessId::new(child.id().into()).unwrap(), t0);
         let status = tokio::time::timeout(Duration::from_secs(10), w.wait())
             .await
             .unwrap();

@@ -50,7 +50,7 @@ fn drain(dec: &mut FrameDecoder, events: &mut Vec<Event>) -> Option<FrameError> 
 fn decoder(max: u32, skip: bool) -> FrameDecoder {
     let d = FrameDecoder::new(max);
     if skip {
-        d.skip_oversized()
+        d.skip_oversized(rgcs_protocol::frame::MAX_SKIPPED_FRAME)
     } else {
         d
     }

@@ -28,6 +28,11 @@ pub const MAX_GUEST_TO_HOST: u32 = 0x1_0000;
 /// fragments, far below this. Configurable per decoder.
 pub const DEFAULT_MAX_HOST_TO_GUEST: u32 = 4 << 20;
 
+/// The largest frame a skipping decoder discards and survives ([`FrameDecoder::skip_oversized`]).
+/// A header claiming more is not a request that happens to be big but a broken or hostile peer
+/// (a `Size` near 4 GiB would keep the reader discarding bytes that never come): it is fatal.
+pub const MAX_SKIPPED_FRAME: u32 = 64 << 20;
+
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -132,7 +137,8 @@ pub struct FrameDecoder {
     max: u32,
     buf: Vec<u8>,
     error: Option<FrameError>,
-    skip_oversized: bool,
+    /// Frames over `max` and at most this large are skipped; 0 = skipping is off.
+    skip_up_to: u32,
     /// Bytes of a skipped frame still to be discarded as they arrive.
     skipping: usize,
 }
@@ -145,17 +151,24 @@ impl FrameDecoder {
             max: max.max(HEADER_LEN as u32),
             buf: Vec::new(),
             error: None,
-            skip_oversized: false,
+            skip_up_to: 0,
             skipping: 0,
         }
     }
 
-    /// Skip, rather than fail on, frames over the maximum whose header is sane: `next_frame`
-    /// returns [`FrameError::Skipped`] once for such a frame, discards its payload as it arrives
-    /// (never buffering it) and goes on. `Size < 16` is still fatal: the stream cannot be followed.
-    pub fn skip_oversized(mut self) -> Self {
-        self.skip_oversized = true;
+    /// Skip, rather than fail on, frames over the maximum and at most `up_to` bytes:
+    /// `next_frame` returns [`FrameError::Skipped`] once for such a frame, discards its payload as
+    /// it arrives (never buffering it) and goes on. `Size < 16` and `Size > up_to` stay fatal
+    /// ([`MAX_SKIPPED_FRAME`] is the agent's bound).
+    pub fn skip_oversized(mut self, up_to: u32) -> Self {
+        self.skip_up_to = up_to;
         self
+    }
+
+    /// Whether the decoder is inside a frame: it holds part of one, or is discarding a skipped
+    /// one. A reader bounds how long a peer may stall there.
+    pub fn in_frame(&self) -> bool {
+        !self.buf.is_empty() || self.skipping > 0
     }
 
     /// The limit in force.
@@ -215,7 +228,7 @@ impl FrameDecoder {
         let header = self.peek_header();
         let len = match header.payload_len(self.max) {
             Ok(len) => len,
-            Err(FrameError::TooLarge { size, max }) if self.skip_oversized => {
+            Err(FrameError::TooLarge { size, max }) if size <= self.skip_up_to => {
                 // Discard what is buffered of it now and the rest as it arrives.
                 let total = size as usize;
                 let have = self.buf.len().min(total);
@@ -335,7 +348,7 @@ mod tests {
     fn skipping_mode_discards_an_oversized_frame_and_goes_on() {
         let mut stream = frame_bytes(0x1010_0A01, 16 + 100, 9, &[b'x'; 100]);
         stream.extend(frame_bytes(0x1010_0201, 16 + 2, 10, b"{}"));
-        let mut dec = FrameDecoder::new(64).skip_oversized();
+        let mut dec = FrameDecoder::new(64).skip_oversized(MAX_SKIPPED_FRAME);
         let mut out = Vec::new();
         // byte by byte: the oversized payload is never buffered
         for b in &stream {
@@ -362,9 +375,20 @@ mod tests {
             ]
         );
         // Size < 16 stays fatal in skipping mode
-        let mut dec = FrameDecoder::new(64).skip_oversized();
+        let mut dec = FrameDecoder::new(64).skip_oversized(MAX_SKIPPED_FRAME);
         dec.extend(&frame_bytes(0x1010_0101, 3, 0, b""));
         assert_eq!(dec.next_frame(), Err(FrameError::TooSmall { size: 3 }));
+        // so is a frame beyond the skip bound: a ~4 GiB claim is not skipped (its bytes never come)
+        let mut dec = FrameDecoder::new(64).skip_oversized(MAX_SKIPPED_FRAME);
+        dec.extend(&frame_bytes(0x1010_0101, 0xFFFF_FFF0, 5, b"{}"));
+        assert_eq!(
+            dec.next_frame(),
+            Err(FrameError::TooLarge {
+                size: 0xFFFF_FFF0,
+                max: 64
+            })
+        );
+        assert!(!dec.in_frame(), "a poisoned decoder holds nothing");
         assert!(!FrameError::TooSmall { size: 3 }.is_recoverable());
     }
 

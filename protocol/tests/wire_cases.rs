@@ -67,10 +67,23 @@ fn size_bounds() {
     assert_eq!((f.id, f.payload.len()), (9, 0));
     // an empty payload is a JSON error for a typed body, not a framing error
     assert!(Request::decode(MessageId::WAIT_FOR_PROCESS, &f.payload).is_err());
+    // hcsshim's guest unmarshals a Start's base too: no JSON is 0xC037010D there, so an error here
+    assert!(Request::decode(MessageId::START, &f.payload).is_err());
     assert_eq!(
-        Request::decode(MessageId::START, &f.payload).unwrap(),
+        Request::decode(MessageId::START, b"{\"ContainerId\":\"c\"}").unwrap(),
         Request::Start
     );
+    for m in [
+        MessageId::START,
+        MessageId::SHUTDOWN_GRACEFUL,
+        MessageId::SHUTDOWN_FORCED,
+        MessageId::DUMP_STACKS,
+        MessageId::DELETE_CONTAINER_STATE,
+    ] {
+        for bad in [&b"not json"[..], b"[1]", b"{\"ContainerId\":7}"] {
+            assert!(Request::decode(m, bad).is_err(), "{m} accepted {bad:?}");
+        }
+    }
     // exactly max is fine, max + 1 is not
     let mut dec = FrameDecoder::new(64);
     dec.extend(&encode_frame(MessageId::START, 1, &[b' '; 48], 64).unwrap());

@@ -1,15 +1,20 @@
 //! One bridge connection: negotiation, the read loop, one task per request, one writer.
 //!
-//! Rules (GCS-PROTOCOL §2.5, §3): before a successful NegotiateProtocol every other message gets
+//! Rules (§2.5, §3): before a successful NegotiateProtocol every other message gets
 //! `0x80004001`; a second NegotiateProtocol on the same connection gets `0x80004001`; unknown types
 //! get `0x80004001`. Responses go out in completion order through a single writer, each under the
 //! 64 KiB guest → host limit.
+//!
+//! Bounds (stricter than hcsshim's guest, which trusts the host): a request over
+//! [`DEFAULT_MAX_HOST_TO_GUEST`] is skipped unread and answered `0x80004005`; a header claiming
+//! more than [`MAX_SKIPPED_FRAME`], or a frame whose bytes stop arriving for longer than the
+//! stall bound, ends the connection, and the agent dials again.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rgcs_protocol::frame::{Frame, FrameDecoder, FrameError, DEFAULT_MAX_HOST_TO_GUEST};
-use rgcs_protocol::io::{read_frame, write_frame, IoError};
+use rgcs_protocol::frame::{Frame, FrameDecoder, FrameError, DEFAULT_MAX_HOST_TO_GUEST, MAX_SKIPPED_FRAME};
+use rgcs_protocol::io::{read_frame_bounded, write_frame, IoError};
 use rgcs_protocol::message::{
     encode_notification, encode_response, GcsCapabilities, NegotiateProtocolRequest,
     NegotiateProtocolResponse, RequestBase, ResponseBase,
@@ -18,12 +23,14 @@ use rgcs_protocol::msgid::Kind;
 use rgcs_protocol::{gojson, HResult, MessageId};
 use serde::Serialize;
 use serde_json::Map;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-use crate::dispatch::{dispatch, Outcome};
+use crate::dispatch::dispatch;
 use crate::error::GcsError;
 use crate::host::Host;
+use crate::outcome::Outcome;
 
 /// How a connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,74 +45,89 @@ pub enum Ended {
 const OUTBOX: usize = 64;
 /// Longest error text we put on the wire (the frame limit is 64 KiB).
 const MAX_ERROR_TEXT: usize = 8 * 1024;
+/// How long the writer may take to flush queued responses when a connection ends.
+const WRITER_FLUSH: Duration = Duration::from_secs(2);
+/// Default bound on a gap inside a frame (a 4 MiB request over vsock takes ~0.1 s under TCG).
+pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
 
-/// Serves one connection until it ends.
-pub async fn serve<S>(stream: S, host: Arc<Host>, on_negotiated: impl Fn()) -> Result<Ended, IoError>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUTBOX);
-    let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
-    // Handlers that outlive the connection (a WaitForProcess can wait for a process's whole life)
-    // hold senders, so the writer cannot wait for the channel to close: it is told to finish.
-    let (finish_tx, mut finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer_task = tokio::spawn(async move {
-        loop {
-            let frame = tokio::select! {
-                frame = out_rx.recv() => frame,
-                _ = &mut finish_rx => {
-                    // Flush what is already queued (responses decided before the end), then stop.
-                    while let Ok(frame) = out_rx.try_recv() {
-                        if write_frame(&mut writer, &frame).await.is_err() {
-                            break;
+/// The single writer of a connection. Handlers that outlive the connection (a WaitForProcess can
+/// wait for a process's whole life) hold senders, so the writer cannot wait for the channel to
+/// close: it is told to finish, flushes what was already queued, and stops.
+struct Writer {
+    tx: mpsc::Sender<Vec<u8>>,
+    finish: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    fn spawn<W: AsyncWrite + Send + 'static>(mut writer: WriteHalf<W>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOX);
+        let (finish, mut finish_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    frame = rx.recv() => frame,
+                    _ = &mut finish_rx => {
+                        while let Ok(frame) = rx.try_recv() {
+                            if write_frame(&mut writer, &frame).await.is_err() {
+                                break;
+                            }
                         }
+                        return;
                     }
+                };
+                let Some(frame) = frame else { return };
+                if let Err(e) = write_frame(&mut writer, &frame).await {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "bridge write failed");
                     return;
                 }
-            };
-            let Some(frame) = frame else { return };
-            if let Err(e) = write_frame(&mut writer, &frame).await {
-                tracing::warn!(error = &e as &dyn std::error::Error, "bridge write failed");
-                return;
             }
-        }
-    });
+        });
+        Self { tx, finish, task }
+    }
 
-    // An oversized request is skipped and answered 0x80004005, not fatal: its header says exactly
-    // how long it is, so the stream stays in step (hcsshim's guest has no limit at all).
-    let mut decoder = FrameDecoder::new(DEFAULT_MAX_HOST_TO_GUEST).skip_oversized();
-    let mut negotiated = false;
-    let mut notifier: Option<tokio::task::JoinHandle<()>> = None;
-    let result = loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut reader, &mut decoder) => frame,
-            _ = stop_rx.recv() => break Ok(Ended::PowerOff),
+    /// Bounded: queued frames only; a peer that stopped reading cannot hold the agent here.
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = self.finish.send(());
+        if tokio::time::timeout(WRITER_FLUSH, self.task).await.is_err() {
+            tracing::warn!("bridge writer did not flush in time; dropping the connection");
+        }
+    }
+}
+
+/// Per-connection state: negotiation, the outbox, the notification forwarder.
+struct Session<F> {
+    host: Arc<Host>,
+    out: mpsc::Sender<Vec<u8>>,
+    stop: mpsc::Sender<()>,
+    negotiated: bool,
+    notifier: Option<JoinHandle<()>>,
+    on_negotiated: F,
+}
+
+/// The queue to the writer is gone: the connection is over.
+struct Closed;
+
+impl<F: Fn()> Session<F> {
+    async fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
+        self.out.send(frame).await.map_err(|_| Closed)
+    }
+
+    /// Answers a frame that was skipped unread because it is over the limit.
+    async fn skipped(&self, message: MessageId, id: u64, size: u32, max: u32) -> Result<(), Closed> {
+        tracing::warn!(id, r#type = %message, size, max, "oversized request skipped");
+        let frame = Frame {
+            message,
+            id,
+            payload: Vec::new(),
         };
-        let frame = match frame {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break Ok(Ended::Disconnected),
-            Err(IoError::Frame(FrameError::Skipped {
-                message,
-                id,
-                size,
-                max,
-            })) => {
-                tracing::warn!(id, r#type = %message, size, max, "oversized request skipped");
-                let skipped = Frame {
-                    message,
-                    id,
-                    payload: Vec::new(),
-                };
-                let why = format!("request of {size} bytes exceeds the guest's limit of {max} bytes");
-                let reply = error_frame(&skipped, &RequestBase::default(), HResult::FAIL, &why);
-                if out_tx.send(reply).await.is_err() {
-                    break Ok(Ended::Disconnected);
-                }
-                continue;
-            }
-            Err(e) => break Err(e),
-        };
+        let e = GcsError::RequestTooLarge { size, max };
+        self.send(error_frame(&frame, &RequestBase::default(), &e)).await
+    }
+
+    /// One frame from the host: negotiation rules, then a task per request.
+    async fn frame(&mut self, frame: Frame) -> Result<(), Closed> {
         let base = RequestBase::decode_lenient(&frame.payload);
         tracing::debug!(
             id = frame.id,
@@ -118,47 +140,52 @@ where
         if frame.message.kind() != Kind::Request {
             tracing::warn!(r#type = %frame.message, "non-request message from the host");
         }
-        if frame.message == MessageId::NEGOTIATE_PROTOCOL && !negotiated {
-            let (reply, ok) = negotiate(&frame, &base);
-            negotiated = ok;
-            if out_tx.send(reply).await.is_err() {
-                break Ok(Ended::Disconnected);
+        match (frame.message == MessageId::NEGOTIATE_PROTOCOL, self.negotiated) {
+            (true, false) => self.negotiate(&frame, &base).await,
+            (true, true) => {
+                self.send(error_frame(&frame, &base, &GcsError::AlreadyNegotiated))
+                    .await
             }
-            if ok {
-                on_negotiated();
-                notifier = Some(tokio::spawn(forward_notifications(
-                    Arc::clone(&host),
-                    out_tx.clone(),
-                )));
+            (false, false) => self.send(error_frame(&frame, &base, &GcsError::NotNegotiated)).await,
+            (false, true) => {
+                self.spawn_request(frame, base);
+                Ok(())
             }
-            continue;
         }
-        if !negotiated || frame.message == MessageId::NEGOTIATE_PROTOCOL {
-            let why = if negotiated {
-                "protocol already negotiated"
-            } else {
-                "protocol not negotiated"
-            };
-            let frame_out = error_frame(&frame, &base, HResult::NOT_IMPL, why);
-            if out_tx.send(frame_out).await.is_err() {
-                break Ok(Ended::Disconnected);
-            }
-            continue;
+    }
+
+    async fn negotiate(&mut self, frame: &Frame, base: &RequestBase) -> Result<(), Closed> {
+        let (reply, ok) = match negotiate(frame) {
+            Ok(body) => (encode_or_fail(frame, &ResponseBase::ok(&base.activity_id), &body), true),
+            Err(e) => (error_frame(frame, base, &e), false),
+        };
+        self.send(reply).await?;
+        if ok {
+            self.negotiated = true;
+            (self.on_negotiated)();
+            self.notifier = Some(tokio::spawn(forward_notifications(
+                Arc::clone(&self.host),
+                self.out.clone(),
+            )));
         }
-        let host = Arc::clone(&host);
-        let out_tx = out_tx.clone();
-        let stop_tx = stop_tx.clone();
+        Ok(())
+    }
+
+    /// Runs a request in its own task; its response goes through the writer when it is done.
+    fn spawn_request(&self, frame: Frame, base: RequestBase) {
+        let host = Arc::clone(&self.host);
+        let out = self.out.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             let _inflight = host.track(frame.message, frame.id, &base.container_id);
             let started = Instant::now();
-            let outcome = dispatch(&host, frame.message, &base, &frame.payload).await;
-            let reply = match outcome {
+            let reply = match dispatch(&host, frame.message, &base, &frame.payload).await {
                 Ok(Outcome::PowerOff) => {
                     tracing::info!("shutdown requested for the utility VM");
-                    let _ = stop_tx.send(()).await;
+                    let _ = stop.send(()).await;
                     return;
                 }
-                Ok(Outcome::Reply(body)) => ok_frame(&frame, &base, &body),
+                Ok(Outcome::Reply(body)) => encode_or_fail(&frame, &ResponseBase::ok(&base.activity_id), &body),
                 Err(e) => {
                     tracing::info!(
                         id = frame.id,
@@ -167,31 +194,71 @@ where
                         error = %e.wire_message(),
                         "request failed"
                     );
-                    error_frame(&frame, &base, e.hresult(), &e.wire_message())
+                    error_frame(&frame, &base, &e)
                 }
             };
             tracing::debug!(
                 id = frame.id,
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 "response"
             );
-            let _ = out_tx.send(reply).await;
+            let _ = out.send(reply).await;
         });
-    };
-    if let Some(n) = notifier {
-        n.abort();
     }
-    drop(out_tx);
-    let _ = finish_tx.send(());
-    // Bounded: queued frames only; a peer that stopped reading cannot hold the agent here.
-    if tokio::time::timeout(WRITER_FLUSH, writer_task).await.is_err() {
-        tracing::warn!("bridge writer did not flush in time; dropping the connection");
+
+    fn end(self) {
+        if let Some(n) = self.notifier {
+            n.abort();
+        }
     }
-    result
 }
 
-/// How long the writer may take to flush queued responses when a connection ends.
-const WRITER_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+/// Serves one connection until it ends. A gap longer than `stall` inside a frame ends it.
+pub async fn serve<S>(
+    stream: S,
+    host: Arc<Host>,
+    stall: Duration,
+    on_negotiated: impl Fn(),
+) -> Result<Ended, IoError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let writer = Writer::spawn(writer);
+    let (stop, mut stop_rx) = mpsc::channel::<()>(1);
+    let mut session = Session {
+        host,
+        out: writer.tx.clone(),
+        stop,
+        negotiated: false,
+        notifier: None,
+        on_negotiated,
+    };
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_HOST_TO_GUEST).skip_oversized(MAX_SKIPPED_FRAME);
+    let result = loop {
+        let read = tokio::select! {
+            read = read_frame_bounded(&mut reader, &mut decoder, stall) => read,
+            _ = stop_rx.recv() => break Ok(Ended::PowerOff),
+        };
+        let handled = match read {
+            Ok(Some(frame)) => session.frame(frame).await,
+            Ok(None) => break Ok(Ended::Disconnected),
+            Err(IoError::Frame(FrameError::Skipped {
+                message,
+                id,
+                size,
+                max,
+            })) => session.skipped(message, id, size, max).await,
+            Err(e) => break Err(e),
+        };
+        if handled.is_err() {
+            break Ok(Ended::Disconnected);
+        }
+    };
+    session.end();
+    writer.finish().await;
+    result
+}
 
 /// Sends queued container notifications on this connection; one that cannot be handed to the
 /// writer goes back to the front of the queue for the next connection.
@@ -218,47 +285,25 @@ async fn forward_notifications(host: Arc<Host>, out: mpsc::Sender<Vec<u8>>) {
     }
 }
 
-fn negotiate(frame: &Frame, base: &RequestBase) -> (Vec<u8>, bool) {
-    let req: NegotiateProtocolRequest = match gojson::from_slice(&frame.payload) {
-        Ok(r) => r,
-        Err(source) => {
-            let e = GcsError::InvalidJson {
-                what: "NegotiateProtocol",
-                source,
-            };
-            return (error_frame(frame, base, e.hresult(), &e.wire_message()), false);
-        }
-    };
-    match req.choose() {
-        Some(version) => {
-            let body = NegotiateProtocolResponse {
-                version,
-                capabilities: GcsCapabilities::linux(),
-            };
-            (
-                encode_or_fail(frame, &ResponseBase::ok(&base.activity_id), &body),
-                true,
-            )
-        }
-        None => {
-            let msg = format!(
-                "protocol versions {}..={} do not include version 4",
-                req.minimum_version, req.maximum_version
-            );
-            (
-                error_frame(frame, base, HResult::UNSUPPORTED_PROTOCOL_VERSION, &msg),
-                false,
-            )
-        }
-    }
+/// The negotiated version and our capabilities, or why not.
+fn negotiate(frame: &Frame) -> Result<NegotiateProtocolResponse, GcsError> {
+    let req: NegotiateProtocolRequest =
+        gojson::from_slice(&frame.payload).map_err(|source| GcsError::InvalidJson {
+            what: "NegotiateProtocol",
+            source,
+        })?;
+    let version = req.choose().ok_or(GcsError::UnsupportedVersion {
+        min: req.minimum_version,
+        max: req.maximum_version,
+    })?;
+    Ok(NegotiateProtocolResponse {
+        version,
+        capabilities: GcsCapabilities::linux(),
+    })
 }
 
-fn ok_frame(frame: &Frame, base: &RequestBase, body: &Map<String, serde_json::Value>) -> Vec<u8> {
-    encode_or_fail(frame, &ResponseBase::ok(&base.activity_id), body)
-}
-
-fn error_frame(frame: &Frame, base: &RequestBase, hr: HResult, message: &str) -> Vec<u8> {
-    let mut rb = ResponseBase::error(&base.activity_id, hr, message);
+fn error_frame(frame: &Frame, base: &RequestBase, e: &GcsError) -> Vec<u8> {
+    let mut rb = ResponseBase::error(&base.activity_id, e.hresult(), e.wire_message());
     rb.bound_messages(MAX_ERROR_TEXT);
     encode_or_fail(frame, &rb, &Map::new())
 }
@@ -300,7 +345,7 @@ mod tests {
             ModulesGate::ready(),
             Arc::new(crate::reaper::Reaper::default()),
         ));
-        let task = tokio::spawn(serve(server, host, || {}));
+        let task = tokio::spawn(serve(server, host, DEFAULT_STALL, || {}));
         let (mut r, mut w) = tokio::io::split(client);
         for req in requests {
             w.write_all(req).await.unwrap();
@@ -335,7 +380,7 @@ mod tests {
             ..Default::default()
         });
         let (client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(server, Arc::clone(&host), || {}));
+        let task = tokio::spawn(serve(server, Arc::clone(&host), DEFAULT_STALL, || {}));
         let (mut r, mut w) = tokio::io::split(client);
         w.write_all(&negotiate_req(0, 4, 4)).await.unwrap();
         let mut dec = FrameDecoder::new(1 << 16);

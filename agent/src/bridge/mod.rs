@@ -65,8 +65,8 @@ pub async fn run(cfg: &Config, host: Arc<Host>) -> Exit {
             }
         };
         let ended = match stream {
-            Stream::Unix(s) => conn::serve(s, Arc::clone(&host), on_negotiated).await,
-            Stream::Fd(s) => conn::serve(s, Arc::clone(&host), on_negotiated).await,
+            Stream::Unix(s) => conn::serve(s, Arc::clone(&host), cfg.bridge_stall, on_negotiated).await,
+            Stream::Fd(s) => conn::serve(s, Arc::clone(&host), cfg.bridge_stall, on_negotiated).await,
         };
         match ended {
             Ok(conn::Ended::PowerOff) => return Exit::PowerOff,

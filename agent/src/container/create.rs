@@ -1,25 +1,22 @@
 //! Create (GCS-PROTOCOL §4.5, §6.6): adjust the spec, write the bundle, build the container in
 //! the zygote (init blocked until Start), and watch init's exit.
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
 use rgcs_protocol::message::{ContainerConfig, ContainerNotification, RequestBase};
 
-use super::registry::{Container, InitStdio, NewContainer};
-use super::runtime::Request;
+use super::registry::{Container, NewContainer};
 use super::spec::{self, Kind};
 use super::user;
 use crate::error::GcsError;
 use crate::host::{Executor, Host};
+use crate::process::stdio::{Attached, Prepared};
 use crate::process::table::ProcessEntry;
 use crate::reaper::ExitStatus;
-
-/// How long the console socket may take to deliver the pty master.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::sys::pid::ProcessId;
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GcsError {
     let what = what.into();
@@ -33,18 +30,26 @@ fn invalid(id: &str, reason: impl Into<String>) -> GcsError {
     }
 }
 
-/// Writes `hostname`, `hosts` and `resolv.conf` into `dir` (sandbox and standalone containers).
-fn write_etc_files(dir: &Path, spec: &Spec, id: &str) -> Result<(), GcsError> {
-    let hostname = match spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-        Some(h) => h.to_owned(),
-        None => nix::unistd::gethostname()
+/// The hostname the container's files name: the spec's, checked as hcsshim HEAD checks it, or
+/// else the UVM's own as it is (hcsshim takes `os.Hostname()` unchecked, so a UVM whose kernel
+/// still says `(none)` is fine).
+fn hostname(spec: &Spec, id: &str) -> Result<String, GcsError> {
+    match spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        Some(h) if spec::valid_hostname(h) => Ok(h.to_owned()),
+        Some(h) => Err(invalid(
+            id,
+            format!("hostname {h:?} invalid: must match ^[a-zA-Z0-9_\\-\\.]{{0,255}}$"),
+        )),
+        None => Ok(nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
-            .unwrap_or_default(),
-    };
-    if !spec::valid_hostname(&hostname) {
-        return Err(invalid(id, format!("invalid hostname {hostname:?}")));
+            .unwrap_or_default()),
     }
+}
+
+/// Writes `hostname`, `hosts` and `resolv.conf` into `dir` (sandbox and standalone containers).
+fn write_etc_files(dir: &Path, spec: &Spec, id: &str) -> Result<(), GcsError> {
+    let hostname = hostname(spec, id)?;
     let resolv = spec::render_resolv_conf(&[], &[]).map_err(|e| invalid(id, e))?;
     for (name, text) in [
         ("hostname", format!("{hostname}\n")),
@@ -66,46 +71,6 @@ fn owns_pid_ns(spec: &Spec) -> bool {
             ns.iter()
                 .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
         })
-}
-
-/// A listening console socket at `path`, ready to be accepted on the reactor.
-pub fn console_listener(path: &Path) -> Result<std::os::unix::net::UnixListener, GcsError> {
-    let _ = std::fs::remove_file(path);
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(io(format!("bind {}", path.display())))?;
-    l.set_nonblocking(true).map_err(io("console socket"))?;
-    Ok(l)
-}
-
-/// Accepts libcontainer's connection on the console socket and receives the pty master.
-pub async fn receive_master(l: std::os::unix::net::UnixListener) -> Result<OwnedFd, GcsError> {
-    let l = tokio::net::UnixListener::from_std(l).map_err(io("register the console socket"))?;
-    let fut = async {
-        let (s, _) = l.accept().await?;
-        loop {
-            s.readable().await?;
-            match s.try_io(tokio::io::Interest::READABLE, || {
-                crate::sys::pty::recv_fd(s.as_fd())
-            }) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
-    };
-    tokio::time::timeout(CONSOLE_TIMEOUT, fut)
-        .await
-        .map_err(|_| GcsError::io("receive the pty master", std::io::ErrorKind::TimedOut.into()))?
-        .map_err(io("receive the pty master"))
-}
-
-/// Three pipes; returns (the agent's ends: stdin w, stdout r, stderr r; the child's ends).
-pub fn pipes() -> Result<([OwnedFd; 3], [OwnedFd; 3]), GcsError> {
-    let p = || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GcsError::io("create a pipe", e.into()))
-    };
-    let (in_r, in_w) = p()?;
-    let (out_r, out_w) = p()?;
-    let (err_r, err_w) = p()?;
-    Ok(([in_w, out_r, err_r], [in_r, out_w, err_w]))
 }
 
 /// The whole Create, after the ID was reserved.
@@ -165,52 +130,15 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
 
     let proc_dir = exec.run_dir.join("procs").join(id);
     std::fs::create_dir_all(&proc_dir).map_err(io(format!("create {}", proc_dir.display())))?;
-    let console_path = proc_dir.join("init-console.sock");
-    let (listener, agent_ends, child_ends) = if terminal {
-        (Some(console_listener(&console_path)?), None, Vec::new())
-    } else {
-        let (agent, child) = pipes()?;
-        (None, Some(agent), Vec::from(child))
-    };
-    let spawned_at = Instant::now();
-    let reply = exec
-        .zygote
-        .call(
-            Request::Create {
-                id: id.to_owned(),
-                bundle: bundle.clone(),
-                console_socket: terminal.then(|| console_path.clone()),
-                stdio: [!terminal; 3],
-            },
-            child_ends,
-        )
-        .await;
-    let pid = match reply {
-        Ok(v) => v.as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+    let built = build(&exec, id, &bundle, &proc_dir, terminal).await;
+    let (pid, spawned_at, stdio) = match built {
+        Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&proc_dir);
             return Err(e);
         }
     };
-    let watch = host.reaper.watch(pid as i32, spawned_at);
-    let stdio = match (listener, agent_ends) {
-        (Some(l), _) => {
-            let master = receive_master(l).await;
-            let _ = std::fs::remove_file(&console_path);
-            match master {
-                Ok(m) => InitStdio::Tty(Arc::new(m)),
-                Err(e) => {
-                    let _ = exec
-                        .zygote
-                        .call(Request::Delete { id: id.to_owned() }, Vec::new())
-                        .await;
-                    return Err(e);
-                }
-            }
-        }
-        (None, Some(ends)) => InitStdio::Pipes(ends),
-        (None, None) => return Err(GcsError::Internal("no stdio for init".into())),
-    };
+    let watch = host.reaper.watch(pid, spawned_at);
     let c = Container::new(NewContainer {
         id: id.to_owned(),
         activity_id: base.activity_id.clone(),
@@ -228,6 +156,37 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
     Ok(())
 }
 
+/// The executor's part of Create: the init exists (blocked until Start) with its stdio attached.
+/// On failure nothing is left: the zygote sweeps a build that failed, and a container whose pty
+/// never arrived (or whose zygote died midway) is deleted here.
+async fn build(
+    exec: &Executor,
+    id: &str,
+    bundle: &Path,
+    proc_dir: &Path,
+    terminal: bool,
+) -> Result<(ProcessId, Instant, Attached), GcsError> {
+    let mut prepared = Prepared::new(terminal, &proc_dir.join("init-console.sock"), [false; 3])?;
+    let spawned_at = Instant::now();
+    let created = exec
+        .zygote
+        .create(id, bundle, prepared.console_socket(), prepared.take_child_fds())
+        .await;
+    let attached = match created {
+        Ok(pid) => prepared.attach().await.map(|a| (pid, a)),
+        Err(e) => Err(e),
+    };
+    match attached {
+        Ok((pid, a)) => Ok((pid, spawned_at, a)),
+        Err(e) => {
+            if let Err(d) = exec.zygote.delete(id).await {
+                tracing::warn!(container_id = %id, error = %d, "cleaning up a failed create");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Init's exit: emulate `runc kill --all` without a PID namespace of its own, drain the relays,
 /// publish the exit code, then send the one notification once a wait delivered it.
 async fn watch_init(host: Arc<Host>, exec: Executor, c: Arc<Container>, watch: crate::reaper::ExitWatch) {
@@ -236,19 +195,14 @@ async fn watch_init(host: Arc<Host>, exec: Executor, c: Arc<Container>, watch: c
     c.set_exited();
     tracing::info!(container_id = %c.id, pid = c.init.pid, %status, "container init exited");
     if !c.owns_pid_ns {
-        let req = Request::Kill {
-            id: c.id.clone(),
-            signal: libc::SIGKILL,
-            all: true,
-        };
-        if let Err(e) = exec.zygote.call(req, Vec::new()).await {
+        if let Err(e) = exec.zygote.kill(&c.id, libc::SIGKILL, true).await {
             tracing::warn!(container_id = %c.id, error = %e, "kill --all after init exit");
         }
     }
     if let Some(relays) = c.take_init_relays() {
         relays.finish().await;
     }
-    c.init.publish(status.code() as u32);
+    c.init.publish(crate::process::table::exit_code(status));
     let entry: Arc<ProcessEntry> = Arc::clone(&c.init);
     tokio::select! {
         () = entry.delivered() => {

@@ -20,11 +20,12 @@ use std::sync::Arc;
 use rgcs_protocol::jsonstr::JsonString;
 use rgcs_protocol::message::{
     ContainerConstraints, ContainerCreate, ContainerCreateResponse, GetPropertiesRequest,
-    GetPropertiesResponse, ProcessDetails, Properties, PropertyType, RequestBase,
+    GetPropertiesResponse, ModifySettingsRequest, ProcessDetails, Properties, PropertyType, RequestBase,
+    Resource,
 };
 
-use self::runtime::Request;
-use crate::dispatch::Outcome;
+use self::registry::Container;
+use crate::outcome::Outcome;
 use crate::error::GcsError;
 use crate::host::Host;
 
@@ -60,10 +61,12 @@ pub async fn shutdown(host: &Arc<Host>, base: &RequestBase, forced: bool) -> Res
     if c.init.is_reaped() {
         return Ok(Outcome::empty());
     }
-    c.record_exit_signal(signal);
-    let pid = nix::unistd::Pid::from_raw(c.init.pid as i32);
-    match nix::sys::signal::kill(pid, nix::sys::signal::Signal::try_from(signal).ok()) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(Outcome::empty()),
+    match c.init.signal(signal) {
+        Ok(()) => {
+            c.record_exit_signal(signal);
+            Ok(Outcome::empty())
+        }
+        Err(nix::errno::Errno::ESRCH) => Ok(Outcome::empty()),
         Err(e) => Err(GcsError::io(format!("signal init of {:?}", c.id), e.into())),
     }
 }
@@ -83,24 +86,16 @@ pub async fn get_properties(
     for t in &req.query.property_types {
         match t {
             PropertyType::ProcessList => {
-                let v = zygote
-                    .call(Request::Pids { id: c.id.clone() }, Vec::new())
-                    .await?;
-                let pids: Vec<u32> = serde_json::from_value(v).unwrap_or_default();
-                props.process_list = pids
+                props.process_list = zygote
+                    .pids(&c.id)
+                    .await?
                     .into_iter()
                     .take(MAX_PROCESS_LIST)
-                    .map(|process_id| ProcessDetails { process_id })
+                    .map(|pid| ProcessDetails { process_id: pid.get() })
                     .collect();
             }
             PropertyType::Statistics => {
-                let v = zygote
-                    .call(Request::Stats { id: c.id.clone() }, Vec::new())
-                    .await?;
-                props.lcow_metrics = Some(
-                    serde_json::from_value(v)
-                        .map_err(|e| GcsError::Internal(format!("decode metrics: {e}")))?,
-                );
+                props.lcow_metrics = Some(zygote.stats(&c.id).await?);
             }
             other => tracing::debug!(property = %other, "ignored property type"),
         }
@@ -110,26 +105,29 @@ pub async fn get_properties(
     })
 }
 
-/// `ModifySettings` `ContainerConstraints` (§4.14): the resources applied to the live cgroup.
-pub async fn update_constraints(
+/// `ModifySettings` with a container's ID (§4.13): the container must exist (`0xC037010E`
+/// otherwise, as hcsshim looks it up first), and only `ContainerConstraints` is accepted.
+pub async fn modify(host: &Arc<Host>, base: &RequestBase, req: ModifySettingsRequest) -> Result<Outcome, GcsError> {
+    let container = host.containers.get(&base.container_id)?;
+    match req.request.resource {
+        Resource::ContainerConstraints(c) => update_constraints(host, &container, *c).await,
+        other => Err(GcsError::Unsupported(format!(
+            "ResourceType {:?} for containers",
+            other.resource_type()
+        ))),
+    }
+}
+
+/// `ContainerConstraints` (§4.14): the resources applied to the live cgroup.
+async fn update_constraints(
     host: &Arc<Host>,
-    base: &RequestBase,
+    container: &Container,
     c: ContainerConstraints,
 ) -> Result<Outcome, GcsError> {
-    let container = host.containers.get(&base.container_id)?;
     let Some(resources) = c.linux else {
         return Ok(Outcome::empty());
     };
-    host.executor()?
-        .zygote
-        .call(
-            Request::Update {
-                id: container.id.clone(),
-                resources: Box::new(resources),
-            },
-            Vec::new(),
-        )
-        .await?;
+    host.executor()?.zygote.update(&container.id, resources).await?;
     Ok(Outcome::empty())
 }
 
@@ -141,10 +139,7 @@ pub async fn delete_state(host: &Arc<Host>, base: &RequestBase) -> Result<Outcom
     let exec = host.executor()?;
     host.containers.remove(&c.id);
     c.mark_deleted();
-    let result = exec
-        .zygote
-        .call(Request::Delete { id: c.id.clone() }, Vec::new())
-        .await;
+    let result = exec.zygote.delete(&c.id).await;
     drop(c.take_pending_stdio());
     let _ = std::fs::remove_dir_all(&c.proc_dir);
     for f in spec::ETC_FILES.iter().chain(&["config.json"]) {
@@ -157,9 +152,9 @@ pub async fn delete_state(host: &Arc<Host>, base: &RequestBase) -> Result<Outcom
 /// At start-up: delete whatever a previous agent or a failed build left in the state root.
 pub async fn sweep(host: &Arc<Host>) {
     let Ok(exec) = host.executor() else { return };
-    match exec.zygote.call(Request::Sweep, Vec::new()).await {
-        Ok(v) if v.as_array().is_some_and(|a| !a.is_empty()) => {
-            tracing::warn!(containers = %v, "swept leftover container state");
+    match exec.zygote.sweep().await {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::warn!(containers = ?ids, "swept leftover container state");
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "sweeping leftover container state failed"),

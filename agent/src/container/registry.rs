@@ -2,7 +2,6 @@
 //! an exec or wait answers "still being created"), and the record of each created container.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,8 +12,9 @@ use tokio::sync::watch;
 
 use super::user::Resolved;
 use crate::error::GcsError;
-use crate::process::stdio::Relays;
+use crate::process::stdio::{Attached, Relays};
 use crate::process::table::{ProcessEntry, ProcessTable};
+use crate::sys::pid::ProcessId;
 
 /// Lifecycle of a container record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +36,6 @@ impl State {
             Self::Exited => "exited",
         }
     }
-}
-
-/// The agent's ends of the init's stdio, kept from Create until Start dials the host's ports.
-#[derive(Debug)]
-pub enum InitStdio {
-    /// Pipes: stdin write end, stdout and stderr read ends.
-    Pipes([OwnedFd; 3]),
-    /// The pty master.
-    Tty(Arc<OwnedFd>),
 }
 
 /// One created container.
@@ -71,7 +62,7 @@ pub struct Container {
     /// Init and exec processes.
     pub processes: ProcessTable,
     state: Mutex<State>,
-    pending_stdio: Mutex<Option<InitStdio>>,
+    pending_stdio: Mutex<Option<Attached>>,
     init_relays: Mutex<Option<Relays>>,
     exit_type: Mutex<NotificationType>,
     deleted: watch::Sender<bool>,
@@ -98,17 +89,17 @@ pub struct NewContainer {
     /// See [`Container`].
     pub proc_dir: PathBuf,
     /// Init PID.
-    pub init_pid: u32,
+    pub init_pid: ProcessId,
     /// The init's stdio.
-    pub stdio: InitStdio,
+    pub stdio: Attached,
 }
 
 impl Container {
     /// A record in state [`State::Created`].
     pub fn new(n: NewContainer) -> Arc<Self> {
         let init = ProcessEntry::new(n.init_pid);
-        if let InitStdio::Tty(master) = &n.stdio {
-            init.set_tty(Arc::clone(master));
+        if let Some(master) = n.stdio.tty() {
+            init.set_tty(master);
         }
         let processes = ProcessTable::default();
         processes.insert(Arc::clone(&init));
@@ -154,7 +145,7 @@ impl Container {
     }
 
     /// Takes the init's stdio (once, at Start).
-    pub fn take_pending_stdio(&self) -> Option<InitStdio> {
+    pub fn take_pending_stdio(&self) -> Option<Attached> {
         self.pending_stdio
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -174,17 +165,16 @@ impl Container {
             .take()
     }
 
-    /// Records why init is going to exit (a SIGTERM or SIGKILL sent to it); the first one wins.
+    /// Records why init is going to exit, once a SIGTERM or SIGKILL was delivered to it: the
+    /// last one wins, as hcsshim's guest records it (`setExitType` after each successful kill),
+    /// so a ShutdownGraceful the init ignores followed by a ShutdownForced reports `ForcedExit`.
     pub fn record_exit_signal(&self, signal: i32) {
         let t = match signal {
             libc::SIGTERM => NotificationType::GracefulExit,
             libc::SIGKILL => NotificationType::ForcedExit,
             _ => return,
         };
-        let mut e = self.exit_type.lock().unwrap_or_else(PoisonError::into_inner);
-        if *e == NotificationType::UnexpectedExit {
-            *e = t;
-        }
+        *self.exit_type.lock().unwrap_or_else(PoisonError::into_inner) = t;
     }
 
     /// The notification type for init's exit.

@@ -1,22 +1,30 @@
 //! Container processes: starting init (ExecuteProcess without `OciProcess`) and exec'ing extra
-//! processes (with it), GCS-PROTOCOL §4.7, §6.7.
+//! processes (with it), §4.7, §6.7. Both attach their stdio the same way
+//! ([`stdio::Prepared`] / [`stdio::Attached`]): an init's at Create, an exec's here.
 
-use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use libcontainer::oci_spec::runtime::Process;
-use rgcs_protocol::message::{ExecuteProcessRequest, ProcessParameters};
+use rgcs_protocol::message::ExecuteProcessRequest;
 
-use super::stdio::{self, Relays};
-use super::table::ProcessEntry;
-use crate::container::create::{console_listener, pipes, receive_master};
-use crate::container::registry::{Container, InitStdio, State};
-use crate::container::runtime::Request;
+use super::stdio::{self, Prepared, Relays};
+use super::table::{exit_code, ProcessEntry};
+use crate::container::registry::{Container, State};
 use crate::container::{spec, user};
 use crate::error::GcsError;
-use crate::host::Host;
+use crate::host::{Executor, Host};
 use crate::reaper::ExitStatus;
+
+/// The host's stdio ports named in `req`, dialled (before the reply, as hcsshim's guest does).
+async fn dial(exec: &Executor, req: &ExecuteProcessRequest) -> Result<[Option<std::os::fd::OwnedFd>; 3], GcsError> {
+    stdio::dial_all(
+        &exec.stdio,
+        stdio::ports(&req.settings.process_parameters, &req.settings.vsock_stdio_relay_settings),
+    )
+    .await
+}
 
 /// Starts init: dial the host's ports, attach them to the pipes or pty made at Create, then start.
 pub async fn start_init(
@@ -25,19 +33,13 @@ pub async fn start_init(
     req: &ExecuteProcessRequest,
 ) -> Result<u32, GcsError> {
     let exec = host.executor()?;
-    let params: &ProcessParameters = &req.settings.process_parameters;
     if let Err(state) = c.transition(State::Created, State::Running) {
         return Err(GcsError::InvalidState {
             id: c.id.clone(),
             state: state.name(),
         });
     }
-    let socks = stdio::dial_all(
-        &exec.stdio,
-        stdio::ports(params, &req.settings.vsock_stdio_relay_settings),
-    )
-    .await;
-    let [s_in, s_out, s_err] = match socks {
+    let sockets = match dial(exec, req).await {
         Ok(s) => s,
         Err(e) => {
             let _ = c.transition(State::Running, State::Created);
@@ -45,20 +47,11 @@ pub async fn start_init(
         }
     };
     let relays = match c.take_pending_stdio() {
-        Some(InitStdio::Pipes([in_w, out_r, err_r])) => {
-            let outputs = [(out_r, s_out), (err_r, s_err)]
-                .into_iter()
-                .filter_map(|(pipe, sock)| sock.map(|s| (pipe, s)))
-                .collect();
-            Relays::pipes(s_in.map(|s| (s, in_w)), outputs)?
-        }
-        Some(InitStdio::Tty(master)) => Relays::tty(&master, s_in, s_out)?,
+        Some(attached) => attached.into_relays(sockets)?,
         None => Relays::default(),
     };
     c.set_init_relays(relays);
-    exec.zygote
-        .call(Request::Start { id: c.id.clone() }, Vec::new())
-        .await?;
+    exec.zygote.start(&c.id).await?;
     Ok(c.init.pid)
 }
 
@@ -84,15 +77,6 @@ fn exec_process(c: &Container, mut p: Process) -> Result<Process, GcsError> {
     Ok(p)
 }
 
-fn devnull() -> Result<OwnedFd, GcsError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(|e| GcsError::io("open /dev/null", e))
-}
-
 /// Execs an extra process in a running container.
 pub async fn exec_in(
     host: &Arc<Host>,
@@ -107,104 +91,59 @@ pub async fn exec_in(
             state: state.name(),
         });
     }
-    let params = &req.settings.process_parameters;
     let process = exec_process(c, process)?;
-    let terminal = process.terminal().unwrap_or(false);
-    let console_size = process
-        .console_size()
-        .map(|s| (s.height() as u16, s.width() as u16));
     let dir = c.next_proc_dir();
     std::fs::create_dir_all(&dir).map_err(|e| GcsError::io(format!("create {}", dir.display()), e))?;
-    let result = exec_with_dir(host, c, req, params, process, terminal, console_size, &dir).await;
+    let result = exec_with_dir(host, c, req, process, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The exec itself, with a per-process directory for `process.json` and the console socket.
 async fn exec_with_dir(
     host: &Arc<Host>,
     c: &Arc<Container>,
     req: &ExecuteProcessRequest,
-    params: &ProcessParameters,
     process: Process,
-    terminal: bool,
-    console_size: Option<(u16, u16)>,
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> Result<u32, GcsError> {
     let exec = host.executor()?;
     let json =
         serde_json::to_vec(&process).map_err(|e| GcsError::Internal(format!("encode process.json: {e}")))?;
     let process_json = dir.join("process.json");
     std::fs::write(&process_json, json).map_err(|e| GcsError::io("write process.json", e))?;
-    let [s_in, s_out, s_err] = stdio::dial_all(
-        &exec.stdio,
-        stdio::ports(params, &req.settings.vsock_stdio_relay_settings),
-    )
-    .await?;
-    let console = dir.join("console.sock");
-    let (listener, child_fds, agent_ends) = if terminal {
-        (Some(console_listener(&console)?), Vec::new(), None)
-    } else {
-        let ([in_w, out_r, err_r], [in_r, out_w, err_w]) = pipes()?;
-        let child = vec![
-            if s_in.is_some() { in_r } else { devnull()? },
-            if s_out.is_some() { out_w } else { devnull()? },
-            if s_err.is_some() { err_w } else { devnull()? },
-        ];
-        (None, child, Some([in_w, out_r, err_r]))
-    };
+    let sockets = dial(exec, req).await?;
+    // A pipe the host did not ask for is /dev/null in the process.
+    let unused = sockets.each_ref().map(Option::is_none);
+    let terminal = process.terminal().unwrap_or(false);
+    let mut prepared = Prepared::new(terminal, &dir.join("console.sock"), unused)?;
     let spawned_at = Instant::now();
     let t0 = Instant::now();
-    let v = exec
+    let pid = exec
         .zygote
-        .call(
-            Request::Exec {
-                id: c.id.clone(),
-                process: process_json,
-                console_socket: terminal.then(|| console.clone()),
-                stdio: [!terminal; 3],
-            },
-            child_fds,
-        )
+        .exec(&c.id, &process_json, prepared.console_socket(), prepared.take_child_fds())
         .await?;
-    let pid = v.as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-    tracing::info!(container_id = %c.id, pid, ms = t0.elapsed().as_millis() as u64, "exec started");
-    let watch = host.reaper.watch(pid as i32, spawned_at);
-    let entry = ProcessEntry::new(pid);
-    let relays = match (listener, agent_ends) {
-        (Some(l), _) => {
-            let master = match receive_master(l).await {
-                Ok(m) => Arc::new(m),
-                Err(e) => {
-                    // the process runs but cannot be attached: do not leave it behind
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    return Err(e);
-                }
-            };
-            if let Some((rows, cols)) = console_size {
-                let _ = crate::sys::pty::set_size(std::os::fd::AsFd::as_fd(&*master), rows, cols);
-            }
-            entry.set_tty(Arc::clone(&master));
-            Relays::tty(&master, s_in, s_out)?
+    tracing::info!(container_id = %c.id, pid = pid.get(), ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX), "exec started");
+    let watch = host.reaper.watch(pid, spawned_at);
+    let attached = match prepared.attach().await {
+        Ok(a) => a,
+        Err(e) => {
+            // The process runs but cannot be attached: do not leave it behind.
+            let _ = pid.signal(libc::SIGKILL);
+            return Err(e);
         }
-        (None, Some([in_w, out_r, err_r])) => {
-            let outputs = [(out_r, s_out), (err_r, s_err)]
-                .into_iter()
-                .filter_map(|(pipe, sock)| sock.map(|s| (pipe, s)))
-                .collect();
-            Relays::pipes(s_in.map(|s| (s, in_w)), outputs)?
-        }
-        (None, None) => Relays::default(),
     };
+    let entry = ProcessEntry::new(pid);
+    if let Some(master) = attached.tty() {
+        entry.set_tty(master);
+    }
+    let relays = attached.into_relays(sockets)?;
     c.processes.insert(Arc::clone(&entry));
     tokio::spawn(async move {
         let status = watch.wait().await.unwrap_or(ExitStatus::Exited(255));
         entry.mark_reaped();
         relays.finish().await;
-        entry.publish(status.code() as u32);
+        entry.publish(exit_code(status));
     });
-    Ok(pid)
+    Ok(pid.get())
 }

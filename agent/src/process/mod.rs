@@ -21,7 +21,7 @@ use rgcs_protocol::message::{
 
 use self::table::{ProcessEntry, WaitError};
 use crate::container::registry::Container;
-use crate::dispatch::Outcome;
+use crate::outcome::Outcome;
 use crate::error::GcsError;
 use crate::host::Host;
 
@@ -99,13 +99,15 @@ pub async fn signal(
     let signal = req.signal();
     let sig = nix::sys::signal::Signal::try_from(signal)
         .map_err(|_| GcsError::Unsupported(format!("signal {signal}")))?;
-    if let Owner::Container(c) = &owner {
-        if c.init.pid == req.process_id {
-            c.record_exit_signal(signal);
+    match entry.signal(sig as i32) {
+        Ok(()) => {
+            if let Owner::Container(c) = &owner {
+                if c.init.pid == req.process_id {
+                    c.record_exit_signal(signal);
+                }
+            }
+            Ok(Outcome::empty())
         }
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(req.process_id as i32), sig) {
-        Ok(()) => Ok(Outcome::empty()),
         Err(nix::errno::Errno::ESRCH) => Err(GcsError::ProcessNotFound(req.process_id)),
         Err(e) => Err(GcsError::io(
             format!("signal process {}", req.process_id),

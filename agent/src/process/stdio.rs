@@ -3,6 +3,9 @@
 //! vhost-device-vsock gives guest ports on the host, so one host client serves both), and relay between them
 //! and the agent's ends of the process's pipes or pty.
 //!
+//! * [`Prepared`] / [`Attached`]: a new container process's side of stdio, the same for an init
+//!   (Create, attached at Start) and an exec: pipes, or a console socket on which libcontainer
+//!   hands over the pty master;
 //! * stdout/stderr end with a **full close** of the stream after the last byte (vhost-device-vsock
 //!   does not pass a half-close; uvm/REPORT.md §9).
 //! * stdin EOF closes the pipe's write end, so the process sees EOF.
@@ -76,6 +79,158 @@ pub async fn dial_all(
         }
     }
     Ok(out)
+}
+
+/// How long the console socket may take to deliver the pty master.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A new container process's stdio before the executor builds it: the child's ends to send to
+/// the zygote, and what the agent keeps.
+#[derive(Debug)]
+pub enum Prepared {
+    /// A pty: libcontainer connects to this listening console socket and sends the master.
+    Tty {
+        /// The listener (non-blocking, accepted on the reactor).
+        listener: std::os::unix::net::UnixListener,
+        /// Its path (passed to libcontainer, removed after the master arrived).
+        path: PathBuf,
+    },
+    /// Pipes: the agent keeps stdin's write end and the read ends of stdout and stderr.
+    Pipes {
+        /// The agent's ends.
+        agent: [OwnedFd; 3],
+        /// The child's ends, for the zygote.
+        child: Vec<OwnedFd>,
+    },
+}
+
+/// A container process's stdio once it exists: the agent's ends, to attach to the host's ports.
+#[derive(Debug)]
+pub enum Attached {
+    /// Pipes: stdin write end, stdout and stderr read ends.
+    Pipes([OwnedFd; 3]),
+    /// The pty master.
+    Tty(Arc<OwnedFd>),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GcsError {
+    let what = what.into();
+    move |e| GcsError::io(what, e)
+}
+
+fn devnull() -> Result<OwnedFd, GcsError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(io_err("open /dev/null"))
+}
+
+impl Prepared {
+    /// A pty when `terminal` (console socket at `console`), else three pipes. A stream listed in
+    /// `null` gets `/dev/null` in the child instead of its pipe (execs: a pipe the host did not
+    /// ask for); otherwise the agent's end of an unused pipe is simply never relayed.
+    pub fn new(terminal: bool, console: &std::path::Path, null: [bool; 3]) -> Result<Self, GcsError> {
+        if terminal {
+            let _ = std::fs::remove_file(console);
+            let listener = std::os::unix::net::UnixListener::bind(console)
+                .map_err(io_err(format!("bind {}", console.display())))?;
+            listener.set_nonblocking(true).map_err(io_err("console socket"))?;
+            return Ok(Self::Tty {
+                listener,
+                path: console.to_path_buf(),
+            });
+        }
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GcsError::io("create a pipe", e.into()));
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let mut child = Vec::with_capacity(3);
+        for (fd, null) in [in_r, out_w, err_w].into_iter().zip(null) {
+            child.push(if null { devnull()? } else { fd });
+        }
+        Ok(Self::Pipes {
+            agent: [in_w, out_r, err_r],
+            child,
+        })
+    }
+
+    /// The console socket to give libcontainer, if any.
+    pub fn console_socket(&self) -> Option<PathBuf> {
+        match self {
+            Self::Tty { path, .. } => Some(path.clone()),
+            Self::Pipes { .. } => None,
+        }
+    }
+
+    /// The child's ends, for the zygote call (empty for a pty).
+    pub fn take_child_fds(&mut self) -> Vec<OwnedFd> {
+        match self {
+            Self::Tty { .. } => Vec::new(),
+            Self::Pipes { child, .. } => std::mem::take(child),
+        }
+    }
+
+    /// Once the process exists: the pipes, or the pty master received on the console socket.
+    pub async fn attach(self) -> Result<Attached, GcsError> {
+        match self {
+            Self::Pipes { agent, .. } => Ok(Attached::Pipes(agent)),
+            Self::Tty { listener, path } => {
+                let master = receive_master(listener).await;
+                let _ = std::fs::remove_file(&path);
+                master.map(|m| Attached::Tty(Arc::new(m)))
+            }
+        }
+    }
+}
+
+/// Accepts libcontainer's connection on the console socket and receives the pty master.
+async fn receive_master(l: std::os::unix::net::UnixListener) -> Result<OwnedFd, GcsError> {
+    let l = tokio::net::UnixListener::from_std(l).map_err(io_err("register the console socket"))?;
+    let fut = async {
+        let (s, _) = l.accept().await?;
+        loop {
+            s.readable().await?;
+            match s.try_io(tokio::io::Interest::READABLE, || {
+                crate::sys::pty::recv_fd(std::os::fd::AsFd::as_fd(&s))
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    };
+    tokio::time::timeout(CONSOLE_TIMEOUT, fut)
+        .await
+        .map_err(|_| GcsError::io("receive the pty master", io::ErrorKind::TimedOut.into()))?
+        .map_err(io_err("receive the pty master"))
+}
+
+impl Attached {
+    /// The relays between these ends and the host's sockets (stdin, stdout, stderr; `None` for
+    /// a port the host did not ask for). With a pty, stderr is unused. The agent's end of a pipe
+    /// that gets no socket is closed here, so the process sees EOF (stdin) or `EPIPE` (output).
+    pub fn into_relays(self, sockets: [Option<OwnedFd>; 3]) -> Result<Relays, GcsError> {
+        let [s_in, s_out, s_err] = sockets;
+        match self {
+            Self::Tty(master) => Relays::tty(&master, s_in, s_out),
+            Self::Pipes([in_w, out_r, err_r]) => {
+                let outputs = [(out_r, s_out), (err_r, s_err)]
+                    .into_iter()
+                    .filter_map(|(pipe, sock)| sock.map(|s| (pipe, s)))
+                    .collect();
+                Relays::pipes(s_in.map(|s| (s, in_w)), outputs)
+            }
+        }
+    }
+
+    /// The pty master, for ResizeConsole.
+    pub fn tty(&self) -> Option<Arc<OwnedFd>> {
+        match self {
+            Self::Tty(m) => Some(Arc::clone(m)),
+            Self::Pipes(_) => None,
+        }
+    }
 }
 
 /// The relays of one process.

@@ -10,15 +10,24 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::sys::pid::ProcessId;
+
 /// One process the host knows by PID.
 #[derive(Debug)]
 pub struct ProcessEntry {
-    /// PID in the UVM's root PID namespace.
+    /// PID in the UVM's root PID namespace, as the wire carries it.
     pub pid: u32,
+    id: ProcessId,
     exit: watch::Sender<Option<u32>>,
     delivered: watch::Sender<bool>,
     reaped: AtomicBool,
     tty: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+/// The exit code WaitForProcess reports for a container process: the exit status, or 128 + the
+/// signal that killed it.
+pub fn exit_code(status: crate::reaper::ExitStatus) -> u32 {
+    u32::try_from(status.code()).unwrap_or(u32::MAX)
 }
 
 /// Why a wait failed.
@@ -32,14 +41,29 @@ pub enum WaitError {
 
 impl ProcessEntry {
     /// A running process.
-    pub fn new(pid: u32) -> Arc<Self> {
+    pub fn new(id: ProcessId) -> Arc<Self> {
         Arc::new(Self {
-            pid,
+            pid: id.get(),
+            id,
             exit: watch::channel(None).0,
             delivered: watch::channel(false).0,
             reaped: AtomicBool::new(false),
             tty: Mutex::new(None),
         })
+    }
+
+    /// The PID, for the reaper and `kill`.
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// Sends `signal` unless the process was already reaped (its PID may be reused then):
+    /// `ESRCH` in that case, as from the kernel for a dead process.
+    pub fn signal(&self, signal: i32) -> Result<(), nix::errno::Errno> {
+        if self.is_reaped() {
+            return Err(nix::errno::Errno::ESRCH);
+        }
+        self.id.signal(signal)
     }
 
     /// Records that the reaper collected the process (signals now answer "not found").
@@ -164,10 +188,14 @@ impl ProcessTable {
 mod tests {
     use super::*;
 
+    fn pid(raw: i64) -> ProcessId {
+        ProcessId::new(raw).unwrap()
+    }
+
     #[tokio::test]
     async fn record_deleted_after_first_delivered_wait() {
         let t = Arc::new(ProcessTable::default());
-        let e = ProcessEntry::new(42);
+        let e = ProcessEntry::new(pid(42));
         t.insert(Arc::clone(&e));
         let t1 = Arc::clone(&t);
         let w1 = tokio::spawn(async move { t1.wait(42, None).await });
@@ -190,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn wait_after_exit_returns_at_once_and_unknown_is_not_found() {
         let t = ProcessTable::default();
-        let e = ProcessEntry::new(7);
+        let e = ProcessEntry::new(pid(7));
         e.publish(137);
         t.insert(Arc::clone(&e));
         assert_eq!(t.wait(7, Some(Duration::ZERO)).await, Ok(137));

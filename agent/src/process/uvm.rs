@@ -100,7 +100,7 @@ fn cstring(s: impl Into<Vec<u8>>, what: &str) -> Result<CString, GcsError> {
 /// The exit code a UVM process reports.
 pub fn exit_code(s: ExitStatus) -> u32 {
     match s {
-        ExitStatus::Exited(c) => c as u32,
+        ExitStatus::Exited(c) => u32::try_from(c).unwrap_or(u32::MAX),
         ExitStatus::Signaled(_) => u32::MAX,
     }
 }
@@ -171,8 +171,8 @@ pub async fn execute(host: &Arc<Host>, req: &ExecuteProcessRequest) -> Result<u3
         controlling_tty: master.is_some(),
     })
     .map_err(|e| GcsError::io(format!("start {first:?} in the UVM"), e))?;
-    let pid = pid.as_raw() as u32;
-    let watch = host.reaper.watch(pid as i32, spawned_at);
+    let pid = crate::sys::pid::ProcessId::from(pid);
+    let watch = host.reaper.watch(pid, spawned_at);
     let entry = ProcessEntry::new(pid);
     if let Some(m) = master {
         entry.set_tty(m);
@@ -184,7 +184,7 @@ pub async fn execute(host: &Arc<Host>, req: &ExecuteProcessRequest) -> Result<u3
         relays.finish().await;
         entry.publish(exit_code(status));
     });
-    Ok(pid)
+    Ok(pid.get())
 }
 
 #[cfg(test)]

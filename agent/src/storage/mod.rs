@@ -26,7 +26,7 @@ use rgcs_protocol::message::{ModifySettingsRequest, RequestBase, RequestType, Re
 
 use self::mount::{Kind, MountTable, Release, Sys};
 use self::paths::PathPolicy;
-use crate::dispatch::Outcome;
+use crate::outcome::Outcome;
 use crate::error::GcsError;
 use crate::host::Host;
 

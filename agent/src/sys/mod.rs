@@ -4,6 +4,8 @@
 pub mod dm;
 pub mod fdstream;
 pub mod inherited;
+pub mod pid;
 pub mod pty;
+pub mod scm;
 pub mod spawn;
 pub mod zygote;

@@ -1,11 +1,10 @@
 //! Terminals: pty pairs for UVM processes, window sizes, and receiving a container's pty master
 //! from libcontainer's console socket (`SCM_RIGHTS`).
 
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 /// A new pty pair, both ends close-on-exec: `(master, slave)`.
 pub fn open() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -36,35 +35,11 @@ pub fn set_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
 /// Receives one descriptor sent with `SCM_RIGHTS` on a connected stream (the console socket).
 pub fn recv_fd(stream: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 4096];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                let mut first = None;
-                for c in msg.cmsgs()? {
-                    if let ControlMessageOwned::ScmRights(list) = c {
-                        for fd in list {
-                            // SAFETY: the kernel just installed this descriptor in our table for
-                            // this message; we are its only owner.
-                            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                            if first.is_none() {
-                                first = Some(owned);
-                            }
-                        }
-                    }
-                }
-                return first.ok_or_else(|| io::Error::other("console socket message without a descriptor"));
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let got = super::scm::recv_with_fds(stream, &mut buf)?;
+    got.fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("console socket message without a descriptor"))
 }
 
 #[cfg(test)]

@@ -2,19 +2,17 @@
 //! plus file descriptors (`SCM_RIGHTS`), and the `fork` that creates the zygote before the agent
 //! starts any thread (docs/adr/0004-executor.md).
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
-    SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::{fork, ForkResult, Pid};
 
 /// Largest message either side sends (a reply with a process list or metrics stays far below).
 pub const MAX_MESSAGE: usize = 256 * 1024;
-/// Most descriptors one message carries (stdin, stdout, stderr).
-pub const MAX_FDS: usize = 8;
 
 /// One end of the zygote channel.
 #[derive(Debug)]
@@ -23,56 +21,21 @@ pub struct Channel(OwnedFd);
 impl Channel {
     /// Sends one message with `fds` attached (the descriptors stay open on this side).
     pub fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let iov = [IoSlice::new(data)];
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-        loop {
-            match sendmsg::<()>(self.0.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        super::scm::send_with_fds(self.0.as_fd(), data, fds).map(|_| ())
     }
 
     /// Receives one message and its descriptors; `None` when the peer closed its end.
     pub fn recv(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let (len, fds, truncated) = loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.0.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(msg) => {
-                    let mut fds = Vec::new();
-                    for c in msg.cmsgs()? {
-                        if let ControlMessageOwned::ScmRights(list) = c {
-                            // SAFETY: the kernel just installed these descriptors in this process
-                            // for this message (SCM_RIGHTS); nothing else owns them, so each is
-                            // wrapped exactly once.
-                            fds.extend(list.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                        }
-                    }
-                    let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-                    break (msg.bytes, fds, truncated);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if truncated {
+        let got = super::scm::recv_with_fds(self.0.as_fd(), &mut buf)?;
+        if got.truncated {
             return Err(io::Error::other("zygote message truncated"));
         }
-        if len == 0 && fds.is_empty() {
+        if got.len == 0 && got.fds.is_empty() {
             return Ok(None);
         }
-        buf.truncate(len);
-        Ok(Some((buf, fds)))
+        buf.truncate(got.len);
+        Ok(Some((buf, got.fds)))
     }
 }
 
@@ -146,6 +109,53 @@ pub fn fork_zygote() -> io::Result<Forked> {
             Ok(Forked::Zygote(Channel(zygote)))
         }
     }
+}
+
+/// Starts a replacement zygote from the agent's own binary: `exe --zygote STATE_ROOT`, with its
+/// end of a new channel as stdin and the agent's stderr as its stderr. Safe from the
+/// multi-threaded agent (the new process execs at once). Returns its PID and our end.
+pub fn spawn_zygote(exe: &Path, state_root: &Path) -> io::Result<(Pid, Channel)> {
+    let (agent, zygote) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    let pid = super::spawn::spawn(super::spawn::Spawn {
+        program: cstr(exe.as_os_str().as_bytes())?,
+        argv: vec![
+            cstr(b"gcs")?,
+            cstr(b"--zygote")?,
+            cstr(state_root.as_os_str().as_bytes())?,
+        ],
+        envp: std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend(v.into_vec());
+                cstr(&kv)
+            })
+            .collect::<io::Result<_>>()?,
+        cwd: None,
+        stdio: [Some(zygote), None, Some(stderr)],
+        controlling_tty: false,
+    })?;
+    Ok((pid, Channel(agent)))
+}
+
+/// In a zygote started by [`spawn_zygote`]: takes the channel from stdin (moved to a
+/// close-on-exec descriptor above 2, so no container process can inherit it), puts `/dev/null`
+/// on stdin, and makes this process die with the agent.
+pub fn channel_from_stdin() -> io::Result<Channel> {
+    let high = nix::fcntl::fcntl(0, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC just created `high`; nothing else owns it.
+    let channel = Channel(unsafe { OwnedFd::from_raw_fd(high) });
+    let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    Ok(channel)
 }
 
 #[cfg(test)]

@@ -85,21 +85,29 @@ pub enum Request {
 
 impl Request {
     /// Decodes the body of a request of type `message`. Errors are JSON errors (→ `0xC037010D`).
+    ///
+    /// Types whose payload is only the base (Start, Shutdown*, DumpStacks, DeleteContainerState)
+    /// still need a JSON object there, as hcsshim's guest unmarshals it (a non-JSON Start is
+    /// `0xC037010D`, not a success). Types we do not implement are not decoded at all.
     pub fn decode(message: MessageId, payload: &[u8]) -> Result<Self, gojson::Error> {
+        let base_only = |variant: Self| -> Result<Self, gojson::Error> {
+            gojson::from_slice::<RequestBase>(payload)?;
+            Ok(variant)
+        };
         Ok(match message {
             MessageId::NEGOTIATE_PROTOCOL => Self::NegotiateProtocol(gojson::from_slice(payload)?),
             MessageId::CREATE => Self::Create(Box::new(gojson::from_slice(payload)?)),
-            MessageId::START => Self::Start,
+            MessageId::START => base_only(Self::Start)?,
             MessageId::EXECUTE_PROCESS => Self::ExecuteProcess(Box::new(gojson::from_slice(payload)?)),
             MessageId::WAIT_FOR_PROCESS => Self::WaitForProcess(gojson::from_slice(payload)?),
             MessageId::SIGNAL_PROCESS => Self::SignalProcess(gojson::from_slice(payload)?),
             MessageId::RESIZE_CONSOLE => Self::ResizeConsole(gojson::from_slice(payload)?),
             MessageId::GET_PROPERTIES => Self::GetProperties(gojson::from_slice(payload)?),
             MessageId::MODIFY_SETTINGS => Self::ModifySettings(Box::new(gojson::from_slice(payload)?)),
-            MessageId::SHUTDOWN_GRACEFUL => Self::ShutdownGraceful,
-            MessageId::SHUTDOWN_FORCED => Self::ShutdownForced,
-            MessageId::DUMP_STACKS => Self::DumpStacks,
-            MessageId::DELETE_CONTAINER_STATE => Self::DeleteContainerState,
+            MessageId::SHUTDOWN_GRACEFUL => base_only(Self::ShutdownGraceful)?,
+            MessageId::SHUTDOWN_FORCED => base_only(Self::ShutdownForced)?,
+            MessageId::DUMP_STACKS => base_only(Self::DumpStacks)?,
+            MessageId::DELETE_CONTAINER_STATE => base_only(Self::DeleteContainerState)?,
             other => Self::NotImplemented(other),
         })
     }

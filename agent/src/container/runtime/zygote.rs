@@ -1,182 +1,28 @@
-//! The executor: the only module that calls libcontainer, and only inside the zygote, a
-//! single-threaded process forked before the agent starts any thread (docs/adr/0004-executor.md).
-//!
-//! IPC: one `SOCK_SEQPACKET` message per request, JSON ([`Request`]) plus the stdio descriptors
-//! (`SCM_RIGHTS`, in stdin, stdout, stderr order for the `true` entries of `stdio`); one reply,
-//! JSON `{"Ok": value}` or `{"Err": "error chain"}`. The agent serialises requests (one mutex),
-//! so the zygote needs no state: everything lives in libcontainer's state root.
+//! The zygote's side of the executor: a single-threaded process that owns every libcontainer
+//! call (docs/adr/0004-executor.md). It is forked from the agent before any thread exists, or, to
+//! replace one that died or hung, started again from the agent's own binary (`gcs --zygote
+//! STATE_ROOT`, the channel on its stdin). It keeps no state: everything lives in
+//! libcontainer's state root.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
-use libcontainer::oci_spec::runtime::LinuxResources;
 use libcontainer::syscall::syscall::SyscallType;
-use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::metrics;
-use crate::error::GcsError;
-use crate::sys::zygote::{fork_zygote, Channel, Forked};
+use super::wire::{Answer, Reply, Request};
+use super::workload::Workload;
+use crate::container::metrics;
+use crate::sys::pid::ProcessId;
+use crate::sys::zygote::Channel;
 
-/// One request to the zygote.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
-    /// `as_init(bundle).build()`: the init exists, blocked until `Start`. Reply: its PID.
-    Create {
-        /// Container ID.
-        id: String,
-        /// Bundle with `config.json`.
-        bundle: PathBuf,
-        /// Listening socket that receives the pty master (terminal containers).
-        console_socket: Option<PathBuf>,
-        /// Which of stdin/stdout/stderr descriptors are attached.
-        stdio: [bool; 3],
-    },
-    /// `Container::start()`.
-    Start {
-        /// Container ID.
-        id: String,
-    },
-    /// `as_tenant().with_process(process).build()`. Reply: the PID.
-    Exec {
-        /// Container ID.
-        id: String,
-        /// `process.json`.
-        process: PathBuf,
-        /// Listening socket for the pty master.
-        console_socket: Option<PathBuf>,
-        /// Which stdio descriptors are attached.
-        stdio: [bool; 3],
-    },
-    /// `Container::kill(signal, all)`.
-    Kill {
-        /// Container ID.
-        id: String,
-        /// Signal number.
-        signal: i32,
-        /// Every process of the cgroup, not just init.
-        all: bool,
-    },
-    /// `Container::delete(true)`, then the state directory, whatever is left.
-    Delete {
-        /// Container ID.
-        id: String,
-    },
-    /// Every PID in the container's cgroup.
-    Pids {
-        /// Container ID.
-        id: String,
-    },
-    /// Cgroup statistics as `LCOWMetrics`.
-    Stats {
-        /// Container ID.
-        id: String,
-    },
-    /// Apply resources to the live cgroup.
-    Update {
-        /// Container ID.
-        id: String,
-        /// The new resources.
-        resources: Box<LinuxResources>,
-    },
-    /// Delete every container found in the state root (left by a previous agent or a failed build).
-    Sweep,
-}
-
-impl Request {
-    fn op(&self) -> &'static str {
-        match self {
-            Self::Create { .. } => "create",
-            Self::Start { .. } => "start",
-            Self::Exec { .. } => "exec in",
-            Self::Kill { .. } => "kill",
-            Self::Delete { .. } => "delete",
-            Self::Pids { .. } => "list processes of",
-            Self::Stats { .. } => "read statistics of",
-            Self::Update { .. } => "update",
-            Self::Sweep => "sweep",
-        }
-    }
-
-    fn id(&self) -> String {
-        match self {
-            Self::Create { id, .. }
-            | Self::Start { id }
-            | Self::Exec { id, .. }
-            | Self::Kill { id, .. }
-            | Self::Delete { id }
-            | Self::Pids { id }
-            | Self::Stats { id }
-            | Self::Update { id, .. } => id.clone(),
-            Self::Sweep => String::new(),
-        }
-    }
-}
-
-/// The agent's handle on the zygote.
-#[derive(Debug)]
-pub struct Zygote {
-    channel: Mutex<Channel>,
-    pid: Pid,
-}
-
-/// Forks the zygote (must run before any thread exists). In the zygote this never returns: it
-/// serves requests until the agent goes away, then exits.
-pub fn start(state_root: &Path) -> std::io::Result<Arc<Zygote>> {
-    std::fs::create_dir_all(state_root)?;
-    match fork_zygote()? {
-        Forked::Agent { pid, channel } => Ok(Arc::new(Zygote {
-            channel: Mutex::new(channel),
-            pid,
-        })),
-        Forked::Zygote(channel) => {
-            install_error_log();
-            serve(&channel, state_root);
-            std::process::exit(0)
-        }
-    }
-}
-
-impl Zygote {
-    /// The zygote's PID.
-    pub fn pid(&self) -> i32 {
-        self.pid.as_raw()
-    }
-
-    /// Sends `req` with `fds` and waits (off the reactor) for the reply.
-    pub async fn call(self: &Arc<Self>, req: Request, fds: Vec<OwnedFd>) -> Result<Value, GcsError> {
-        let (op, id) = (req.op(), req.id());
-        let this = Arc::clone(self);
-        let fail = |message: String| GcsError::Runtime {
-            op,
-            id: id.clone(),
-            message,
-        };
-        let reply = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let channel = this.channel.lock().unwrap_or_else(PoisonError::into_inner);
-            let body = serde_json::to_vec(&req).map_err(std::io::Error::other)?;
-            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            channel.send(&body, &borrowed)?;
-            drop(fds);
-            match channel.recv()? {
-                Some((data, _)) => Ok(data),
-                None => Err(std::io::Error::other("the zygote exited")),
-            }
-        })
-        .await
-        .map_err(|e| fail(format!("zygote call task: {e}")))?
-        .map_err(|e| fail(format!("zygote channel: {e}")))?;
-        match serde_json::from_slice::<Result<Value, String>>(&reply) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(message)) => Err(fail(message)),
-            Err(e) => Err(fail(format!("bad zygote reply: {e}"))),
-        }
-    }
+/// Runs a zygote on `channel` until the agent goes away, then exits. Never returns.
+pub fn run(channel: &Channel, state_root: &Path) -> ! {
+    install_error_log();
+    serve(channel, state_root);
+    std::process::exit(0)
 }
 
 /// libcontainer's ERROR events, one line each on stderr. In the zygote that is the agent's
@@ -215,18 +61,18 @@ fn install_error_log() {
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
-/// The zygote's loop.
+/// The zygote's loop: one request, one answer.
 fn serve(channel: &Channel, root: &Path) {
     loop {
         let (data, fds) = match channel.recv() {
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => return,
         };
-        let reply: Result<Value, String> = match serde_json::from_slice::<Request>(&data) {
+        let answer: Answer = match serde_json::from_slice::<Request>(&data) {
             Ok(req) => handle(root, req, fds).map_err(|e| format!("{e:#}")),
             Err(e) => Err(format!("bad request: {e}")),
         };
-        let body = serde_json::to_vec(&reply)
+        let body = serde_json::to_vec(&answer)
             .unwrap_or_else(|e| format!(r#"{{"Err":"cannot encode the reply: {e}"}}"#).into_bytes());
         if channel.send(&body, &[]).is_err() {
             return;
@@ -244,6 +90,7 @@ fn builder(
     let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)?
         .with_console_socket(console_socket)
+        .with_executor(Workload)
         .validate_id()?;
     let mut fds = fds.into_iter();
     let expected = stdio.iter().filter(|x| **x).count();
@@ -282,7 +129,7 @@ fn cgroup_manager(root: &Path, id: &str) -> anyhow::Result<libcgroups::common::A
     )?)
 }
 
-fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value> {
+fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Reply> {
     match req {
         Request::Create {
             id,
@@ -297,8 +144,12 @@ fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value>
                 .with_no_pivot(true)
                 .as_sibling(true)
                 .build();
-            match built {
-                Ok(c) => Ok(Value::from(c.pid().map_or(0, Pid::as_raw))),
+            match built.map(|c| c.pid()) {
+                Ok(Some(pid)) => Ok(Reply::Pid(ProcessId::from(pid))),
+                Ok(None) => {
+                    sweep_one(root, &id);
+                    anyhow::bail!("libcontainer built the container without an init PID")
+                }
                 Err(e) => {
                     sweep_one(root, &id);
                     Err(e.into())
@@ -307,7 +158,7 @@ fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value>
         }
         Request::Start { id } => {
             load(root, &id)?.start()?;
-            Ok(Value::Null)
+            Ok(Reply::Done)
         }
         Request::Exec {
             id,
@@ -321,30 +172,30 @@ fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value>
                 .with_detach(true)
                 .as_sibling(true)
                 .build()?;
-            Ok(Value::from(pid.as_raw()))
+            Ok(Reply::Pid(ProcessId::from(pid)))
         }
         Request::Kill { id, signal, all } => {
             let sig = nix::sys::signal::Signal::try_from(signal)?;
             let mut c = load(root, &id)?;
             if c.status() == ContainerStatus::Stopped && !all {
-                return Ok(Value::Null);
+                return Ok(Reply::Done);
             }
             c.kill(sig, all)?;
-            Ok(Value::Null)
+            Ok(Reply::Done)
         }
         Request::Delete { id } => {
             sweep_one(root, &id);
-            Ok(Value::Null)
+            Ok(Reply::Done)
         }
         Request::Pids { id } => {
             let pids = cgroup_manager(root, &id)?.get_all_pids()?;
-            Ok(Value::from(pids.into_iter().map(Pid::as_raw).collect::<Vec<_>>()))
+            Ok(Reply::Pids(pids.into_iter().map(ProcessId::from).collect()))
         }
         Request::Stats { id } => {
             let stats = cgroup_manager(root, &id)?.stats()?;
             let mut m = metrics::from_cgroup_stats(&stats);
-            m.memory_oom_control = metrics::oom_control(&super::spec::cgroup_path(&id));
-            Ok(serde_json::to_value(m)?)
+            m.memory_oom_control = metrics::oom_control(&crate::container::spec::cgroup_path(&id));
+            Ok(Reply::Stats(Box::new(m)))
         }
         Request::Update { id, resources } => {
             cgroup_manager(root, &id)?.apply(&ControllerOpt {
@@ -353,7 +204,7 @@ fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value>
                 oom_score_adj: None,
                 freezer_state: None,
             })?;
-            Ok(Value::Null)
+            Ok(Reply::Done)
         }
         Request::Sweep => {
             let mut swept = Vec::new();
@@ -363,7 +214,7 @@ fn handle(root: &Path, req: Request, fds: Vec<OwnedFd>) -> anyhow::Result<Value>
                     swept.push(id.to_owned());
                 }
             }
-            Ok(Value::from(swept))
+            Ok(Reply::Swept(swept))
         }
     }
 }

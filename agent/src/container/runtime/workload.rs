@@ -1,0 +1,69 @@
+//! The last step inside a container process, right before its program runs: libcontainer's
+//! default executor, with two things runc does that libcontainer 0.7 does not.
+//!
+//! * **The pty has its size before the program starts.** libcontainer opens the container's pty
+//!   without a size and hands the master to the agent while the process goes on, so a resize
+//!   from the agent raced the program (`stty size` saw 0×0 now and then, and always for an init).
+//!   Here `process.consoleSize` is applied to the slave (our stdin) first, as runc's init does.
+//! * **An `execve` that fails exits 127 or 126** with the reason on stderr, the shell's and
+//!   docker's codes: 127 when the program does not exist, 126 when it cannot be run. libcontainer
+//!   would return an error and the process would exit with an opaque code.
+
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError};
+
+/// Exit code of a program that does not exist (`ENOENT`).
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code of a program that exists but cannot be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+
+/// libcontainer's default executor plus the pty size and the exit codes above.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Workload;
+
+impl Executor for Workload {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(p) = spec.process() {
+            if p.terminal() == Some(true) {
+                if let Some(size) = p.console_size() {
+                    let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
+                    let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
+                    // fd 0 is the pty slave (libcontainer connected stdio to it).
+                    let _ = crate::sys::pty::set_size(std::os::fd::AsFd::as_fd(&std::io::stdin()), rows, cols);
+                }
+            }
+        }
+        let result = libcontainer::workload::default::get_executor().exec(spec);
+        // Only a failed execve comes back here.
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let program = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_ref())
+            .and_then(|a| a.first())
+            .cloned()
+            .unwrap_or_default();
+        let (code, why) = match errno {
+            libc::ENOENT => (EXIT_NOT_FOUND, "no such file or directory"),
+            libc::EACCES => (EXIT_CANNOT_EXECUTE, "permission denied"),
+            libc::ENOEXEC => (EXIT_CANNOT_EXECUTE, "exec format error"),
+            _ => (EXIT_CANNOT_EXECUTE, "cannot execute"),
+        };
+        eprintln!("rgcs: exec {program:?}: {why}");
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "execve failed");
+        }
+        std::process::exit(code)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), ExecutorSetEnvsError> {
+        libcontainer::workload::default::get_executor().setup_envs(envs)
+    }
+}
