@@ -169,7 +169,10 @@ mod tests {
         let t0 = Instant::now();
         r.deliver(100, ExitStatus::Exited(3), Instant::now());
         // a process spawned before the reap claims it
-        assert_eq!(r.watch(ProcessId::new(100).unwrap(), t0).wait().await, Some(ExitStatus::Exited(3)));
+        assert_eq!(
+            r.watch(ProcessId::new(100).unwrap(), t0).wait().await,
+            Some(ExitStatus::Exited(3))
+        );
         // an exit reaped before a newer process with the same pid was spawned is not its exit
         r.deliver(200, ExitStatus::Exited(1), Instant::now());
         let later = Instant::now() + Duration::from_millis(1);

@@ -87,25 +87,49 @@ fn rootfs(dir: &Path) -> PathBuf {
 
 impl Agent {
     async fn start(tag: &str) -> Self {
-        Self::start_with(tag, false).await
+        Self::start_opts(tag, Opts::default()).await
+    }
+
+    async fn start_with(tag: &str, cgroup2: bool) -> Self {
+        Self::start_opts(
+            tag,
+            Opts {
+                cgroup2,
+                ..Opts::default()
+            },
+        )
+        .await
     }
 
     /// With `cgroup2`, the agent runs in a private mount namespace with a cgroup2 file system on
-    /// `/sys/fs/cgroup` (the UVM's layout), as LIBCONTAINER.md row 5 did.
-    async fn start_with(tag: &str, cgroup2: bool) -> Self {
+    /// `/sys/fs/cgroup` (the UVM's layout), as LIBCONTAINER.md row 5 did. With `uts_hostname`, in
+    /// a UTS namespace of its own with that hostname (a fresh UVM kernel says `(none)`).
+    async fn start_opts(tag: &str, opts: Opts) -> Self {
         require_root();
         let dir = TempDir::new(tag);
         let sock = dir.0.join("bridge.sock");
         let prefix = dir.0.join("vsock.sock");
         let listener = UnixListener::bind(&sock).unwrap();
-        let mut cmd = if cgroup2 {
+        let mut setup = Vec::new();
+        let mut unshare = Vec::new();
+        if opts.cgroup2 {
+            unshare.extend(["--mount", "--propagation", "private"]);
+            setup.push("mount -t cgroup2 none /sys/fs/cgroup".to_owned());
+        }
+        if let Some(h) = &opts.uts_hostname {
+            unshare.push("--uts");
+            // (`hostname(1)` refuses names like `(none)`; the kernel takes any)
+            setup.push(format!("printf %s '{h}' > /proc/sys/kernel/hostname"));
+        }
+        let mut cmd = if setup.is_empty() {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_gcs"))
+        } else {
             let mut c = tokio::process::Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-                .arg("mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"")
+            c.args(&unshare)
+                .args(["--", "sh", "-c"])
+                .arg(format!("{} && exec \"$0\" \"$@\"", setup.join(" && ")))
                 .arg(env!("CARGO_BIN_EXE_gcs"));
             c
-        } else {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_gcs"))
         };
         let child = cmd
             .arg("--bridge")
@@ -115,6 +139,7 @@ impl Agent {
             .arg("--stdio-unix-prefix")
             .arg(&prefix)
             .args(["--log-level", "warning", "--no-redial"])
+            .args(&opts.extra_args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -226,21 +251,12 @@ impl Agent {
             .execute_process(cid, params)
             .await
             .map_err(|e| hresult(&e))?;
-        let read = |s: Option<UnixStream>| {
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                if let Some(mut s) = s {
-                    s.read_to_end(&mut out).await.unwrap();
-                }
-                String::from_utf8_lossy(&out).into_owned()
-            })
-        };
         Ok((
             pid,
             Io {
                 stdin: stdio.stdin,
-                stdout: read(stdio.stdout),
-                stderr: read(stdio.stderr),
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
             },
         ))
     }
@@ -309,24 +325,43 @@ impl Agent {
     }
 }
 
+/// How to start the agent.
+#[derive(Default)]
+struct Opts {
+    cgroup2: bool,
+    uts_hostname: Option<String>,
+    extra_args: Vec<String>,
+}
+
 struct Io {
     stdin: Option<UnixStream>,
-    stdout: tokio::task::JoinHandle<String>,
-    stderr: tokio::task::JoinHandle<String>,
+    stdout: Option<UnixStream>,
+    stderr: Option<UnixStream>,
+}
+
+async fn read_to_end(s: Option<UnixStream>, what: &str) -> String {
+    let mut out = Vec::new();
+    if let Some(mut s) = s {
+        timeout(STEP, s.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("{what} never closed"))
+            .unwrap();
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Io {
+    /// stdout as a stream, for reading part of it while the process runs.
+    fn stdout_stream(&mut self) -> &mut UnixStream {
+        self.stdout.as_mut().expect("stdout was requested")
+    }
+
     async fn output(self) -> (String, String) {
         drop(self.stdin);
-        let out = timeout(STEP, self.stdout)
-            .await
-            .expect("stdout never closed")
-            .unwrap();
-        let err = timeout(STEP, self.stderr)
-            .await
-            .expect("stderr never closed")
-            .unwrap();
-        (out, err)
+        tokio::join!(
+            read_to_end(self.stdout, "stdout"),
+            read_to_end(self.stderr, "stderr")
+        )
     }
 }
 
@@ -596,10 +631,7 @@ async fn exec_stdio_user_cwd_env_tty_and_process_list() {
         .await;
     let stdin_kept = io.stdin.take();
     assert_eq!(a.wait("e1", pid, INFINITE).await, Ok(5));
-    let out = timeout(STEP, io.stdout)
-        .await
-        .expect("tty stdout never closed")
-        .unwrap();
+    let out = read_to_end(io.stdout.take(), "tty stdout").await;
     assert_eq!(out, "hi-t\r\n");
     drop(stdin_kept);
 
@@ -699,7 +731,7 @@ async fn forked_child_outliving_init_and_creating_state() {
         !a.dir.0.join("run/runtime/bad1").exists(),
         "libcontainer state left after a failed build"
     );
-    assert!(cgroup_leftovers("bad1").is_empty());
+    assert!(cgroup_leftovers(a.pid(), "bad1").is_empty());
     assert_eq!(a.wait("bad1", 1, 0).await, Err(HResult::SYSTEM_NOT_FOUND));
     a.create("bad1", &["true"], false).await;
     a.delete("bad1").await;
@@ -759,10 +791,20 @@ async fn uvm_processes_exact_env_and_pty() {
         .write_all(b"stty size; tty; exec sleep 100\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // read until both answers are in, then kill it
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains("/dev/pts/") {
+        let mut b = [0u8; 256];
+        let n = timeout(STEP, io.stdout_stream().read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "pty output ended early: {out:?}");
+        out.extend_from_slice(&b[..n]);
+    }
     a.signal(UVM_CONTAINER_ID, pid, 9).await.unwrap();
     assert_eq!(a.wait(UVM_CONTAINER_ID, pid, INFINITE).await, Ok(u32::MAX));
-    let (out, _) = io.output().await;
+    let out = String::from_utf8_lossy(&out);
     assert!(out.contains("40 120") && out.contains("/dev/pts/"), "{out:?}");
 }
 
@@ -776,10 +818,26 @@ fn cgroup_value(ctrl: &str, id: &str, file: &str) -> String {
     std::fs::read_to_string(&v1).unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
 }
 
-fn cgroup_leftovers(prefix: &str) -> Vec<String> {
+/// Container cgroups named `prefix*` that exist, as the agent (process `agent`) sees the cgroup
+/// file system: the v2 unified tree, or every v1 controller (this host is v1, the UVM is v2).
+fn cgroup_leftovers(agent: u32, prefix: &str) -> Vec<String> {
+    let root = PathBuf::from(format!("/proc/{agent}/root/sys/fs/cgroup"));
+    let v2 = root.join("cgroup.controllers").exists();
+    let dirs: Vec<(String, PathBuf)> = if v2 {
+        vec![("unified".to_owned(), root.join("containers"))]
+    } else {
+        ["memory", "pids", "cpu", "freezer", "devices", "blkio", "cpuset"]
+            .iter()
+            .map(|c| ((*c).to_owned(), root.join(c).join("containers")))
+            .collect()
+    };
+    assert!(
+        dirs.iter().any(|(_, d)| d.exists()),
+        "no container cgroup parent under {} to look at",
+        root.display()
+    );
     let mut left = Vec::new();
-    for ctrl in ["memory", "pids", "cpu", "freezer", "devices", "blkio", "cpuset"] {
-        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("containers");
+    for (ctrl, dir) in dirs {
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -871,8 +929,11 @@ async fn fifty_cycles_leave_nothing_behind() {
         "MEASURE 50 cycles: create p50 {:?} p90 {:?}; start p50 {:?}; delete p50 {:?}",
         creates[25], creates[45], starts[25], deletes[25]
     );
-    // give the reaper a moment for the last intermediates
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the reaper may still be collecting the last intermediates: wait, bounded
+    common::wait_until(STEP, || {
+        (a.fd_count() == fds && children_of(a.pid()).len() == children).then_some(())
+    })
+    .await;
     assert_eq!(a.fd_count(), fds, "agent descriptors leaked");
     let oom_after = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", a.pid())).unwrap();
     assert_eq!(oom_after, oom_before, "the agent's OOM score changed");
@@ -884,7 +945,7 @@ async fn fifty_cycles_leave_nothing_behind() {
         "processes left behind (only the zygote may stay)"
     );
     assert_eq!(
-        cgroup_leftovers(&prefix),
+        cgroup_leftovers(a.pid(), &prefix),
         Vec::<String>::new(),
         "cgroups left behind"
     );
@@ -927,7 +988,251 @@ async fn cgroup_v2_lifecycle_leaves_nothing_behind() {
         a.notification().await;
         a.delete(&id).await;
         // the agent's view of /sys/fs/cgroup is its own cgroup2 mount: look through its root
-        let leaf = format!("/proc/{}/root/sys/fs/cgroup/containers/{id}", a.pid());
-        assert!(!Path::new(&leaf).exists(), "{leaf} left behind");
+        assert_eq!(
+            cgroup_leftovers(a.pid(), &id),
+            Vec::<String>::new(),
+            "v2 cgroup left behind"
+        );
     }
+}
+
+/// Issue 13: a Create whose spec has no hostname (`ctr run`'s default) in a UVM whose kernel
+/// hostname is still `(none)` succeeds, and the files carry that name as it is, as hcsshim's guest
+/// writes `os.Hostname()` unchecked (it checks only a hostname the spec sets).
+#[tokio::test]
+async fn no_spec_hostname_takes_the_uvm_hostname_unchecked() {
+    let a = Agent::start_opts(
+        "hostname",
+        Opts {
+            uts_hostname: Some("(none)".into()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let bundle = a
+        .create_edit("h1", &["cat", "/etc/hostname"], false, |s| {
+            s.set_hostname(None);
+        })
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("hostname")).unwrap(),
+        "(none)\n"
+    );
+    let hosts = std::fs::read_to_string(bundle.join("hosts")).unwrap();
+    assert!(
+        hosts.starts_with("127.0.0.1 localhost\n127.0.0.1 (none)\n"),
+        "{hosts}"
+    );
+    let (pid, io) = a.start_init("h1", [false, true, true]).await;
+    assert_eq!(io.output().await.0, "(none)\n");
+    assert_eq!(a.wait("h1", pid, INFINITE).await, Ok(0));
+    a.delete("h1").await;
+    // A hostname the spec sets is still checked (hcsshim HEAD's pattern).
+    let bundle = a.dir.0.join("bundles/h2");
+    rootfs(&bundle);
+    let mut spec = a.spec(&bundle, &["true"], false);
+    spec.set_hostname(Some("bad host".into()));
+    assert_eq!(
+        a.create_with("h2", spec, &bundle).await,
+        Err(HResult::INVALID_JSON)
+    );
+}
+
+/// Issue 13: `process.consoleSize` is applied before a tty process runs, for the init and for
+/// every exec (runc's init sizes the pty before exec; before the fix an init always saw 0x0 and
+/// an exec did now and then).
+#[tokio::test]
+async fn console_size_is_set_before_a_tty_process_runs() {
+    let a = Agent::start("ttysize").await;
+    a.create_edit("t1", &["sh", "-c", "stty size; exec sleep 100"], true, |s| {
+        let mut p = s.process().clone().unwrap();
+        p.set_console_size(Some(
+            libcontainer::oci_spec::runtime::BoxBuilder::default()
+                .height(33u64)
+                .width(101u64)
+                .build()
+                .unwrap(),
+        ));
+        s.set_process(Some(p));
+    })
+    .await;
+    let (init, mut io) = a.start_init("t1", [false, true, false]).await;
+    let mut first = Vec::new();
+    while !first.ends_with(b"\n") {
+        let mut b = [0u8; 64];
+        let n = timeout(STEP, io.stdout_stream().read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "init output ended early: {first:?}");
+        first.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&first).trim(), "33 101");
+    // Execs: many in a row, each must see its size from its first instruction.
+    for i in 0..25u64 {
+        let (pid, io) = a
+            .exec("t1", &["stty", "size"], [false, true, false], |p| {
+                p.set_terminal(Some(true));
+                p.set_console_size(Some(
+                    libcontainer::oci_spec::runtime::BoxBuilder::default()
+                        .height(20 + i)
+                        .width(70u64)
+                        .build()
+                        .unwrap(),
+                ));
+            })
+            .await;
+        assert_eq!(a.wait("t1", pid, INFINITE).await, Ok(0));
+        assert_eq!(io.output().await.0.trim(), format!("{} 70", 20 + i), "exec {i}");
+    }
+    a.signal("t1", init, 9).await.unwrap();
+    assert_eq!(a.wait("t1", init, INFINITE).await, Ok(137));
+    drop(io);
+    a.delete("t1").await;
+}
+
+/// Issue 13: the notification type follows the *last* shutdown signal delivered to init, as
+/// hcsshim's guest records it: ShutdownGraceful (ignored by init), then ShutdownForced, is
+/// `ForcedExit`.
+#[tokio::test]
+async fn the_last_shutdown_signal_decides_the_notification_type() {
+    let a = Agent::start("exittype").await;
+    a.create(
+        "g1",
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+        false,
+    )
+    .await;
+    let (pid, mut io) = a.start_init("g1", [false, true, false]).await;
+    let mut ready = [0u8; 6];
+    timeout(STEP, io.stdout_stream().read_exact(&mut ready))
+        .await
+        .unwrap()
+        .unwrap();
+    a.client
+        .call::<_, Empty>(MessageId::SHUTDOWN_GRACEFUL, "g1", &Empty {})
+        .await
+        .unwrap();
+    assert_eq!(
+        a.wait("g1", pid, 300).await,
+        Err(HResult::TIMEOUT),
+        "TERM is ignored"
+    );
+    a.client
+        .call::<_, Empty>(MessageId::SHUTDOWN_FORCED, "g1", &Empty {})
+        .await
+        .unwrap();
+    assert_eq!(a.wait("g1", pid, INFINITE).await, Ok(137));
+    assert_eq!(
+        a.notification().await.notification_type,
+        NotificationType::ForcedExit
+    );
+    a.delete("g1").await;
+}
+
+/// Issue 13: docker's exit codes for a program that cannot run. A missing program fails the
+/// Create (the executor checks it first) with a message naming it; one that exists but cannot be
+/// executed exits 126 with the reason on stderr.
+#[tokio::test]
+async fn programs_that_cannot_run_get_clear_errors_and_docker_codes() {
+    let a = Agent::start("execfail").await;
+    let bundle = a.dir.0.join("bundles/m1");
+    rootfs(&bundle);
+    let spec = a.spec(&bundle, &["no-such-program"], false);
+    let config = ContainerConfig {
+        schema_version: SchemaVersion::V2_1,
+        oci_bundle_path: bundle.display().to_string(),
+        oci_specification: Some(spec),
+        scratch_dir_path: String::new(),
+    };
+    let e = a.cc.create_container("m1", config).await.unwrap_err();
+    let text = rgcs_protocol::error_chain(&e);
+    assert!(text.contains("'no-such-program' not found"), "{text}");
+    // an executable file that is not a program: ENOEXEC at execve
+    let bundle = a.create("x1", &["sleep", "100"], false).await;
+    std::fs::write(bundle.join("rootfs/bin/garbage"), b"\x00\x01\x02\x03").unwrap();
+    std::fs::set_permissions(
+        bundle.join("rootfs/bin/garbage"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (init, _io) = a.start_init("x1", [false, false, false]).await;
+    let (pid, io) = a.exec("x1", &["/bin/garbage"], [false, true, true], |_| {}).await;
+    assert_eq!(a.wait("x1", pid, INFINITE).await, Ok(126));
+    let (_, err) = io.output().await;
+    assert!(err.contains("exec format error"), "{err:?}");
+    a.signal("x1", init, 9).await.unwrap();
+    assert_eq!(a.wait("x1", init, INFINITE).await, Ok(137));
+    a.delete("x1").await;
+}
+
+/// Issue 13: a hung executor call answers 0xC0370109 within the deadline and the zygote is
+/// replaced; a zygote killed from outside is reported and replaced; nothing of the failed create
+/// is left, and the next container works.
+#[tokio::test]
+async fn a_hung_or_dead_executor_is_replaced() {
+    let a = Agent::start_opts(
+        "zygote",
+        Opts {
+            extra_args: vec!["--executor-deadline-ms".into(), "1500".into()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let first_zygote = children_of(a.pid()).into_iter().min().unwrap();
+    // A createRuntime hook runs in the zygote: one that sleeps hangs the Create.
+    let bundle = a.dir.0.join("bundles/hang");
+    rootfs(&bundle);
+    let mut spec = a.spec(&bundle, &["true"], false);
+    let hooks: libcontainer::oci_spec::runtime::Hooks = serde_json::from_value(serde_json::json!({
+        "createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "3"]}]
+    }))
+    .unwrap();
+    spec.set_hooks(Some(hooks));
+    let t0 = Instant::now();
+    assert_eq!(a.create_with("hang", spec, &bundle).await, Err(HResult::TIMEOUT));
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first_zygote}")).exists()
+            || std::fs::read_to_string(format!("/proc/{first_zygote}/stat"))
+                .unwrap()
+                .contains(") Z"),
+        "the hung zygote was killed"
+    );
+    // The next container runs on a new zygote.
+    a.create("after1", &["echo", "ok"], false).await;
+    let (pid, io) = a.start_init("after1", [false, true, false]).await;
+    assert_eq!(io.output().await.0, "ok\n");
+    assert_eq!(a.wait("after1", pid, INFINITE).await, Ok(0));
+    a.delete("after1").await;
+    assert!(
+        !a.dir.0.join("run/runtime/hang").exists(),
+        "the hung create's state is gone"
+    );
+    // Kill the zygote from outside: the next call fails clearly, the one after works.
+    let zygote = children_of(a.pid())
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("--zygote")))
+        .expect("a replacement zygote runs as `gcs --zygote`");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let bundle = a.dir.0.join("bundles/dead");
+    rootfs(&bundle);
+    let e = a
+        .create_with("dead", a.spec(&bundle, &["true"], false), &bundle)
+        .await
+        .unwrap_err();
+    assert_eq!(e, HResult::FAIL);
+    a.create("after2", &["echo", "ok"], false).await;
+    let (pid, io) = a.start_init("after2", [false, true, false]).await;
+    assert_eq!(io.output().await.0, "ok\n");
+    assert_eq!(a.wait("after2", pid, INFINITE).await, Ok(0));
+    a.delete("after2").await;
 }

@@ -101,7 +101,9 @@ mod tests {
         .await;
         assert!(idle.is_err(), "an idle bridge is not a stall");
         // Half a header, then silence: stalled.
-        tokio::io::AsyncWriteExt::write_all(&mut tx, &bytes[..8]).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &bytes[..8])
+            .await
+            .unwrap();
         let mut dec = FrameDecoder::new(1024);
         let r = read_frame_bounded(&mut rx, &mut dec, Duration::from_secs(1)).await;
         assert!(matches!(r, Err(IoError::Stalled(_))), "{r:?}");

@@ -146,7 +146,10 @@ impl<F: Fn()> Session<F> {
                 self.send(error_frame(&frame, &base, &GcsError::AlreadyNegotiated))
                     .await
             }
-            (false, false) => self.send(error_frame(&frame, &base, &GcsError::NotNegotiated)).await,
+            (false, false) => {
+                self.send(error_frame(&frame, &base, &GcsError::NotNegotiated))
+                    .await
+            }
             (false, true) => {
                 self.spawn_request(frame, base);
                 Ok(())
@@ -156,7 +159,10 @@ impl<F: Fn()> Session<F> {
 
     async fn negotiate(&mut self, frame: &Frame, base: &RequestBase) -> Result<(), Closed> {
         let (reply, ok) = match negotiate(frame) {
-            Ok(body) => (encode_or_fail(frame, &ResponseBase::ok(&base.activity_id), &body), true),
+            Ok(body) => (
+                encode_or_fail(frame, &ResponseBase::ok(&base.activity_id), &body),
+                true,
+            ),
             Err(e) => (error_frame(frame, base, &e), false),
         };
         self.send(reply).await?;
@@ -185,7 +191,9 @@ impl<F: Fn()> Session<F> {
                     let _ = stop.send(()).await;
                     return;
                 }
-                Ok(Outcome::Reply(body)) => encode_or_fail(&frame, &ResponseBase::ok(&base.activity_id), &body),
+                Ok(Outcome::Reply(body)) => {
+                    encode_or_fail(&frame, &ResponseBase::ok(&base.activity_id), &body)
+                }
                 Err(e) => {
                     tracing::info!(
                         id = frame.id,

@@ -25,9 +25,9 @@ use rgcs_protocol::message::{
 };
 
 use self::registry::Container;
-use crate::outcome::Outcome;
 use crate::error::GcsError;
 use crate::host::Host;
+use crate::outcome::Outcome;
 
 /// Most `ProcessList` entries reported (keeps the reply, escaped in a string, under 64 KiB).
 pub const MAX_PROCESS_LIST: usize = 2000;
@@ -91,7 +91,9 @@ pub async fn get_properties(
                     .await?
                     .into_iter()
                     .take(MAX_PROCESS_LIST)
-                    .map(|pid| ProcessDetails { process_id: pid.get() })
+                    .map(|pid| ProcessDetails {
+                        process_id: pid.get(),
+                    })
                     .collect();
             }
             PropertyType::Statistics => {
@@ -107,7 +109,11 @@ pub async fn get_properties(
 
 /// `ModifySettings` with a container's ID (§4.13): the container must exist (`0xC037010E`
 /// otherwise, as hcsshim looks it up first), and only `ContainerConstraints` is accepted.
-pub async fn modify(host: &Arc<Host>, base: &RequestBase, req: ModifySettingsRequest) -> Result<Outcome, GcsError> {
+pub async fn modify(
+    host: &Arc<Host>,
+    base: &RequestBase,
+    req: ModifySettingsRequest,
+) -> Result<Outcome, GcsError> {
     let container = host.containers.get(&base.container_id)?;
     match req.request.resource {
         Resource::ContainerConstraints(c) => update_constraints(host, &container, *c).await,

@@ -18,10 +18,16 @@ use crate::host::{Executor, Host};
 use crate::reaper::ExitStatus;
 
 /// The host's stdio ports named in `req`, dialled (before the reply, as hcsshim's guest does).
-async fn dial(exec: &Executor, req: &ExecuteProcessRequest) -> Result<[Option<std::os::fd::OwnedFd>; 3], GcsError> {
+async fn dial(
+    exec: &Executor,
+    req: &ExecuteProcessRequest,
+) -> Result<[Option<std::os::fd::OwnedFd>; 3], GcsError> {
     stdio::dial_all(
         &exec.stdio,
-        stdio::ports(&req.settings.process_parameters, &req.settings.vsock_stdio_relay_settings),
+        stdio::ports(
+            &req.settings.process_parameters,
+            &req.settings.vsock_stdio_relay_settings,
+        ),
     )
     .await
 }
@@ -121,7 +127,12 @@ async fn exec_with_dir(
     let t0 = Instant::now();
     let pid = exec
         .zygote
-        .exec(&c.id, &process_json, prepared.console_socket(), prepared.take_child_fds())
+        .exec(
+            &c.id,
+            &process_json,
+            prepared.console_socket(),
+            prepared.take_child_fds(),
+        )
         .await?;
     tracing::info!(container_id = %c.id, pid = pid.get(), ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX), "exec started");
     let watch = host.reaper.watch(pid, spawned_at);

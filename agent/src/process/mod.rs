@@ -21,9 +21,9 @@ use rgcs_protocol::message::{
 
 use self::table::{ProcessEntry, WaitError};
 use crate::container::registry::Container;
-use crate::outcome::Outcome;
 use crate::error::GcsError;
 use crate::host::Host;
+use crate::outcome::Outcome;
 
 /// `ExecuteProcess` (§4.7).
 pub async fn execute(

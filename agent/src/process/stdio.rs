@@ -142,7 +142,10 @@ impl Prepared {
                 path: console.to_path_buf(),
             });
         }
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GcsError::io("create a pipe", e.into()));
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| GcsError::io("create a pipe", e.into()))
+        };
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;

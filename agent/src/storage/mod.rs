@@ -26,9 +26,9 @@ use rgcs_protocol::message::{ModifySettingsRequest, RequestBase, RequestType, Re
 
 use self::mount::{Kind, MountTable, Release, Sys};
 use self::paths::PathPolicy;
-use crate::outcome::Outcome;
 use crate::error::GcsError;
 use crate::host::Host;
+use crate::outcome::Outcome;
 
 /// How long a SCSI disk may take to appear (hcsshim's 5 s mount deadline).
 pub const DEVICE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -123,9 +123,7 @@ impl Zygote {
         let body = serde_json::to_vec(&req).map_err(|e| GcsError::Internal(format!("encode {op}: {e}")))?;
         let exchange = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
             let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            channel
-                .send(&body, &borrowed)
-                .map_err(|e| format!("send: {e}"))?;
+            channel.send(&body, &borrowed).map_err(|e| format!("send: {e}"))?;
             drop(fds);
             match channel.recv() {
                 Ok(Some((data, _))) => Ok(data),
@@ -254,7 +252,10 @@ impl Zygote {
 
     /// The container's cgroup statistics.
     pub async fn stats(&self, id: &str) -> Result<Metrics, GcsError> {
-        match self.call(Request::Stats { id: id.to_owned() }, Vec::new()).await? {
+        match self
+            .call(Request::Stats { id: id.to_owned() }, Vec::new())
+            .await?
+        {
             Reply::Stats(m) => Ok(*m),
             other => Err(Self::unexpected("stats", &other)),
         }

@@ -136,7 +136,12 @@ mod tests {
     fn a_pid_reply_never_decodes_to_zero() {
         let ok: Answer = serde_json::from_str(r#"{"Ok":{"Pid":42}}"#).unwrap();
         assert!(matches!(ok, Ok(Reply::Pid(p)) if p.get() == 42));
-        for bad in [r#"{"Ok":{"Pid":0}}"#, r#"{"Ok":{"Pid":-1}}"#, r#"{"Ok":{"Pid":null}}"#, r#"{"Ok":{}}"#] {
+        for bad in [
+            r#"{"Ok":{"Pid":0}}"#,
+            r#"{"Ok":{"Pid":-1}}"#,
+            r#"{"Ok":{"Pid":null}}"#,
+            r#"{"Ok":{}}"#,
+        ] {
             assert!(serde_json::from_str::<Answer>(bad).is_err(), "{bad}");
         }
     }

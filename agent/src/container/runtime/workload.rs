@@ -7,10 +7,14 @@
 //!   Here `process.consoleSize` is applied to the slave (our stdin) first, as runc's init does.
 //! * **An `execve` that fails exits 127 or 126** with the reason on stderr, the shell's and
 //!   docker's codes: 127 when the program does not exist, 126 when it cannot be run. libcontainer
-//!   would return an error and the process would exit with an opaque code.
+//!   would return an error and the process would exit with an opaque code. (`validate` still
+//!   refuses a program missing from `PATH` at create time, as runc does.)
+
+use std::ffi::CString;
 
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError};
+use nix::errno::Errno;
 
 /// Exit code of a program that does not exist (`ENOENT`).
 pub const EXIT_NOT_FOUND: i32 = 127;
@@ -29,30 +33,38 @@ impl Executor for Workload {
                     let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
                     let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
                     // fd 0 is the pty slave (libcontainer connected stdio to it).
-                    let _ = crate::sys::pty::set_size(std::os::fd::AsFd::as_fd(&std::io::stdin()), rows, cols);
+                    let _ =
+                        crate::sys::pty::set_size(std::os::fd::AsFd::as_fd(&std::io::stdin()), rows, cols);
                 }
             }
         }
-        let result = libcontainer::workload::default::get_executor().exec(spec);
-        // Only a failed execve comes back here.
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        let program = spec
+        let args: Vec<String> = spec
             .process()
             .as_ref()
-            .and_then(|p| p.args().as_ref())
-            .and_then(|a| a.first())
-            .cloned()
+            .and_then(|p| p.args().clone())
             .unwrap_or_default();
+        let Some(program) = args.first() else {
+            return Err(ExecutorError::InvalidArg);
+        };
+        let cargs = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ExecutorError::InvalidArg)?;
+        // As runc: look the program up in PATH, then execve it (execvp would run a file the
+        // kernel cannot execute through /bin/sh instead of failing with ENOEXEC).
+        let path = lookup(program).unwrap_or_else(|| cargs[0].clone());
+        let errno = match nix::unistd::execv(&path, &cargs) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        };
         let (code, why) = match errno {
-            libc::ENOENT => (EXIT_NOT_FOUND, "no such file or directory"),
-            libc::EACCES => (EXIT_CANNOT_EXECUTE, "permission denied"),
-            libc::ENOEXEC => (EXIT_CANNOT_EXECUTE, "exec format error"),
-            _ => (EXIT_CANNOT_EXECUTE, "cannot execute"),
+            Errno::ENOENT => (EXIT_NOT_FOUND, "no such file or directory"),
+            Errno::EACCES => (EXIT_CANNOT_EXECUTE, "permission denied"),
+            Errno::ENOEXEC => (EXIT_CANNOT_EXECUTE, "exec format error"),
+            _ => (EXIT_CANNOT_EXECUTE, errno.desc()),
         };
         eprintln!("rgcs: exec {program:?}: {why}");
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "execve failed");
-        }
         std::process::exit(code)
     }
 
@@ -66,4 +78,19 @@ impl Executor for Workload {
     ) -> Result<(), ExecutorSetEnvsError> {
         libcontainer::workload::default::get_executor().setup_envs(envs)
     }
+}
+
+/// `program` itself when it has a slash, else the first executable regular file of that name in
+/// `PATH` (the container's environment is already in place).
+fn lookup(program: &str) -> Option<CString> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return CString::new(program).ok();
+    }
+    let path = std::env::var("PATH").ok()?;
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .and_then(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok())
 }
