@@ -89,6 +89,24 @@ pub enum GcsError {
         /// The deadline.
         after: std::time::Duration,
     },
+    /// A container ID that cannot name a container.
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidId {
+        /// The ID, escaped.
+        id: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A guest path from the host breaks the path rules.
+    #[error("{what} {path:?} {reason}")]
+    InvalidPath {
+        /// Which field.
+        what: &'static str,
+        /// The path, escaped.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A system call or file operation of the agent failed.
     #[error("{what}")]
     Io {
@@ -124,9 +142,12 @@ impl GcsError {
             Self::ProcessNotFound(_) => HResult::NOT_FOUND,
             Self::WaitTimeout(_) | Self::ExecutorTimeout { .. } => HResult::TIMEOUT,
             Self::Storage(_) => HResult::FAIL,
-            Self::Runtime { .. } | Self::Io { .. } | Self::Unsupported(_) | Self::Internal(_) => {
-                HResult::FAIL
-            }
+            Self::Runtime { .. }
+            | Self::Io { .. }
+            | Self::Unsupported(_)
+            | Self::Internal(_)
+            | Self::InvalidId { .. }
+            | Self::InvalidPath { .. } => HResult::FAIL,
         }
     }
 

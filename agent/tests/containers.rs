@@ -58,30 +58,10 @@ fn hresult(e: &ContainerError) -> HResult {
     }
 }
 
-/// The busybox rootfs: `/bin/busybox` plus one symlink per applet, `/etc/passwd`, `/etc/group`.
+/// A busybox rootfs under `dir`.
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/alice"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nalice:x:1000:\nwheel:x:10:alice\n",
-    )
-    .unwrap();
+    common::busybox_rootfs(&root);
     root
 }
 

@@ -45,6 +45,8 @@ pub struct BootOptions {
     pub accel: Accel,
     /// Agent log level (passed on the kernel command line after ` -- `).
     pub log_level: String,
+    /// More agent flags (after the log level), e.g. `--bridge-stall-ms 2000` in tests.
+    pub agent_args: Vec<String>,
 }
 
 impl BootOptions {
@@ -56,6 +58,7 @@ impl BootOptions {
             cpus: 1,
             accel: Accel::Auto,
             log_level: "info".into(),
+            agent_args: Vec::new(),
         }
     }
 
@@ -67,6 +70,7 @@ impl BootOptions {
         cfg.cpus = self.cpus;
         cfg.accel = self.accel;
         cfg.agent_args = vec!["--log-level".into(), self.log_level.clone()];
+        cfg.agent_args.extend(self.agent_args.iter().cloned());
         Ok(cfg)
     }
 }

@@ -73,6 +73,28 @@ fn owns_pid_ns(spec: &Spec) -> bool {
         })
 }
 
+/// The bundle path obeys the guest path spelling rules, and no existing component is a symlink:
+/// the agent writes `config.json` and the `/etc` files there, so `..` or a link must not take it
+/// elsewhere in the UVM. (hcsshim's guest trusts the path; its hosts send `/run/gcs/c/<id>`.)
+fn check_bundle(path: &str) -> Result<(), GcsError> {
+    let bad = |reason: &'static str| GcsError::InvalidPath {
+        what: "OciBundlePath",
+        path: path.escape_debug().to_string(),
+        reason,
+    };
+    crate::storage::paths::spelling(path).map_err(bad)?;
+    let mut cur = PathBuf::from("/");
+    for comp in Path::new(path).components().skip(1) {
+        cur.push(comp);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Err(bad("goes through a symlink")),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 /// The whole Create, after the ID was reserved.
 pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig) -> Result<(), GcsError> {
     let exec = host.executor()?.clone();
@@ -85,6 +107,7 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
     if !bundle.is_absolute() {
         return Err(invalid(id, format!("OciBundlePath {bundle:?} is not absolute")));
     }
+    check_bundle(&cfg.oci_bundle_path)?;
     std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
     let files_dir = match spec::kind(&spec) {
         Kind::Standalone | Kind::Sandbox => {

@@ -39,6 +39,7 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, req: ContainerCreate) 
         id: id.clone(),
         reason: e.to_string(),
     })?;
+    check_id(id)?;
     host.containers.reserve(id)?;
     let t0 = std::time::Instant::now();
     let result = create::create(host, base, cfg).await;
@@ -52,6 +53,34 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, req: ContainerCreate) 
             Err(e)
         }
     }
+}
+
+/// Longest container ID accepted (CRI's are 64 hex digits, hcsshim's GUIDs 36 characters).
+pub const MAX_ID_LEN: usize = 256;
+
+/// A container ID names directories (`<run>/procs/<id>`, the libcontainer state): it must be a
+/// single harmless path component. hcsshim's guest passes IDs to runc, which refuses the same.
+fn check_id(id: &str) -> Result<(), GcsError> {
+    let bad = |reason: &'static str| GcsError::InvalidId {
+        id: id.escape_debug().to_string(),
+        reason,
+    };
+    if id.is_empty() || id == rgcs_protocol::message::UVM_CONTAINER_ID {
+        return Err(bad("is empty or the UVM's"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(bad("is too long"));
+    }
+    if id == "." || id == ".." || id.contains('/') {
+        return Err(bad("is not a single path component"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.+@:".contains(&b))
+    {
+        return Err(bad("has a character other than letters, digits and -_.+@:"));
+    }
+    Ok(())
 }
 
 /// `ShutdownGraceful` / `ShutdownForced` for a container (§4.11): SIGTERM or SIGKILL to init.

@@ -26,6 +26,39 @@ pub const MAX_PATH_LEN: usize = 1024;
 /// Longest accepted path component, in bytes (`NAME_MAX`).
 pub const MAX_COMPONENT_LEN: usize = 255;
 
+/// The spelling rules every guest path from the host obeys, wherever it points: non-empty,
+/// bounded, absolute, normalised (no `.`, `..`, empty component or trailing `/`), no control
+/// character and no `,` or `:` (which would change mount options). The reason when not.
+pub fn spelling(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err("is too long");
+    }
+    if !path.starts_with('/') {
+        return Err("is not absolute");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("contains a control character");
+    }
+    if path.contains([',', ':']) {
+        return Err("contains ',' or ':', which would change the mount options");
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err("is not normalised (trailing '/')");
+    }
+    for comp in path[1..].split('/') {
+        match comp {
+            "" => return Err("is not normalised (empty component)"),
+            "." | ".." => return Err("is not normalised ('.' or '..')"),
+            c if c.len() > MAX_COMPONENT_LEN => return Err("has a component that is too long"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Which paths the agent accepts.
 #[derive(Debug, Clone)]
 pub struct PathPolicy {
@@ -56,32 +89,7 @@ impl PathPolicy {
             path: path.escape_debug().to_string(),
             reason,
         };
-        if path.is_empty() {
-            return Err(bad("is empty"));
-        }
-        if path.len() > MAX_PATH_LEN {
-            return Err(bad("is too long"));
-        }
-        if !path.starts_with('/') {
-            return Err(bad("is not absolute"));
-        }
-        if path.chars().any(char::is_control) {
-            return Err(bad("contains a control character"));
-        }
-        if path.contains([',', ':']) {
-            return Err(bad("contains ',' or ':', which would change the mount options"));
-        }
-        if path.len() > 1 && path.ends_with('/') {
-            return Err(bad("is not normalised (trailing '/')"));
-        }
-        for comp in path[1..].split('/') {
-            match comp {
-                "" => return Err(bad("is not normalised (empty component)")),
-                "." | ".." => return Err(bad("is not normalised ('.' or '..')")),
-                c if c.len() > MAX_COMPONENT_LEN => return Err(bad("has a component that is too long")),
-                _ => {}
-            }
-        }
+        spelling(path).map_err(bad)?;
         let p = PathBuf::from(path);
         if !self.roots.iter().any(|r| p.starts_with(r) && p != *r) {
             return Err(bad("is not under a root the protocol uses"));

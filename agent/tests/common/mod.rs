@@ -38,3 +38,29 @@ pub async fn wait_until<T>(timeout: std::time::Duration, mut f: impl FnMut() -> 
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A busybox root filesystem at `root`: `/bin/busybox` plus one symlink per applet, `/etc/passwd`
+/// and `/etc/group` (root and alice).
+pub fn busybox_rootfs(root: &std::path::Path) {
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/alice"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nalice:x:1000:\nwheel:x:10:alice\n",
+    )
+    .unwrap();
+}

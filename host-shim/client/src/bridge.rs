@@ -161,6 +161,42 @@ impl BridgeClient {
     ) -> Result<Frame, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = encode_request(message, id, base, body)?;
+        self.call_frame(id, bytes).await
+    }
+
+    /// Sends `payload` exactly as given (no JSON encoding, no base) as a request of type
+    /// `message`, and waits for the response frame. For conformance and hostile-input tests.
+    pub async fn call_bytes(&self, message: MessageId, payload: &[u8]) -> Result<Frame, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = rgcs_protocol::encode_frame(message, id, payload, u32::MAX)
+            .map_err(|e| ClientError::Encode(e.into()))?;
+        self.call_frame(id, bytes).await
+    }
+
+    /// Like [`BridgeClient::call_bytes`] with a request ID of the caller's choosing (which must
+    /// not be in flight already). For conformance tests of ID handling.
+    pub async fn call_bytes_as(
+        &self,
+        id: u64,
+        message: MessageId,
+        payload: &[u8],
+    ) -> Result<Frame, ClientError> {
+        let bytes = rgcs_protocol::encode_frame(message, id, payload, u32::MAX)
+            .map_err(|e| ClientError::Encode(e.into()))?;
+        self.call_frame(id, bytes).await
+    }
+
+    /// Writes `bytes` to the stream as they are (any header, any size), expecting no answer.
+    /// For hostile-input tests: the guest may answer, drop the connection, or wait.
+    pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| ClientError::Disconnected("the bridge writer stopped".into()))
+    }
+
+    /// Registers `id`, sends the encoded frame and waits for the response with that ID.
+    async fn call_frame(&self, id: u64, bytes: Vec<u8>) -> Result<Frame, ClientError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self
@@ -168,6 +204,11 @@ impl BridgeClient {
                 .lock()
                 .map_err(|_| ClientError::Disconnected("poisoned".into()))?;
             match p.as_mut() {
+                Some(map) if map.contains_key(&id) => {
+                    return Err(ClientError::Disconnected(format!(
+                        "request id {id} is already in flight"
+                    )))
+                }
                 Some(map) => map.insert(id, tx),
                 None => return Err(ClientError::Disconnected("the bridge is closed".into())),
             };

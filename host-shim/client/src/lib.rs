@@ -21,6 +21,8 @@ pub mod bridge;
 pub mod containers;
 #[cfg(any(test, feature = "fake-guest"))]
 pub mod fake_guest;
+#[cfg(feature = "hostile")]
+pub mod hostile;
 pub mod spec;
 pub mod stdio;
 pub mod uvm;

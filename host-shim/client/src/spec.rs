@@ -6,7 +6,7 @@
 //! OCI runtime spec whose `root.path` is a directory that already exists in the UVM. The §4.5
 //! host adjustments are applied: `hooks` null, `linux.cgroupsPath` cleared, the device, pids,
 //! block-I/O, hugepage and network resources cleared, a CPU period of 0 made 100000 and a quota of
-//! 0 made −1, `windows` removed.
+//! 0 made −1, of `windows` only the network namespace (and devices) kept.
 //!
 //! [`ProcessSpec`] is the process of a container (its init, inside the spec) or of an exec
 //! (`OciProcess`); [`uvm_process`] is a process run directly in the UVM (null container ID).
@@ -203,6 +203,12 @@ pub struct ContainerSpec {
     pub hostname: Option<String>,
     /// Annotations.
     pub annotations: BTreeMap<String, String>,
+    /// `windows.network.networkNamespace`: the namespace whose NICs the guest moves into the
+    /// container (§6.8). hcsshim's host always sends one, and a guest that follows hcsshim gives
+    /// each namespace to one container only, so it defaults to the container's own ID.
+    pub network_namespace: Option<String>,
+    /// The bundle directory in the guest; [`bundle_path`] of the ID when `None`.
+    pub bundle: Option<String>,
 }
 
 /// The guest bundle directory of a container (v1 shim layout).
@@ -230,14 +236,17 @@ pub fn check_id(id: &str) -> Result<(), SpecError> {
 impl ContainerSpec {
     /// A container `id` over the UVM directory `rootfs`, running `process`.
     pub fn new(id: impl Into<String>, rootfs: impl Into<String>, process: ProcessSpec) -> Self {
+        let id = id.into();
         Self {
-            id: id.into(),
+            id: id.clone(),
             rootfs: rootfs.into(),
             readonly_rootfs: false,
             process,
             memory_limit: None,
             hostname: None,
             annotations: BTreeMap::new(),
+            network_namespace: Some(id_ns(&id)),
+            bundle: None,
         }
     }
 
@@ -280,12 +289,19 @@ impl ContainerSpec {
             linux.set_resources(Some(resources));
         }
         adjust_like_hcsshim(&mut spec);
+        if let Some(ns) = &self.network_namespace {
+            let mut network = oci_spec::runtime::WindowsNetwork::default();
+            network.set_network_namespace(Some(ns.clone()));
+            let mut windows = oci_spec::runtime::Windows::default();
+            windows.set_network(Some(network));
+            spec.set_windows(Some(windows));
+        }
         Ok(spec)
     }
 
     /// The `ContainerConfig` of the Create request.
     pub fn config(&self) -> Result<ContainerConfig, SpecError> {
-        let bundle = bundle_path(&self.id);
+        let bundle = self.bundle.clone().unwrap_or_else(|| bundle_path(&self.id));
         Ok(ContainerConfig {
             schema_version: SchemaVersion::V2_1,
             oci_specification: Some(self.oci_spec()?),
@@ -295,10 +311,22 @@ impl ContainerSpec {
     }
 }
 
-/// The §4.5 adjustments hcsshim's host makes before sending a spec.
+/// The network namespace of a container that has its own (a standalone container): its ID.
+fn id_ns(id: &str) -> String {
+    id.to_owned()
+}
+
+/// The §4.5 adjustments hcsshim's host makes before sending a spec: hooks dropped, of
+/// `windows` only the network namespace and devices kept.
 pub fn adjust_like_hcsshim(spec: &mut Spec) {
     spec.set_hooks(None);
-    spec.set_windows(None);
+    let kept = spec.windows().as_ref().and_then(|w| {
+        let mut k = oci_spec::runtime::Windows::default();
+        k.set_network(w.network().clone());
+        k.set_devices(w.devices().clone());
+        (k.network().is_some() || k.devices().is_some()).then_some(k)
+    });
+    spec.set_windows(kept);
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(None);
         if let Some(resources) = linux.resources().clone() {
@@ -444,7 +472,20 @@ mod tests {
         assert!(spec.get("hooks").is_none_or(serde_json::Value::is_null));
         assert!(spec["linux"].get("cgroupsPath").is_none());
         assert!(spec["linux"]["resources"].get("devices").is_none());
-        assert!(spec.get("windows").is_none());
+        // hcsshim's host keeps the network namespace (issue 13: dropping it made a guest that
+        // follows hcsshim refuse the second container); each container gets its own.
+        assert_eq!(
+            spec["windows"],
+            serde_json::json!({"network": {"networkNamespace": "c1"}})
+        );
+        let other = ContainerSpec::new("c2", "/r", ProcessSpec::new(["true"]))
+            .config()
+            .unwrap();
+        let other = serde_json::to_value(&other).unwrap();
+        assert_eq!(
+            other["OciSpecification"]["windows"]["network"]["networkNamespace"],
+            "c2"
+        );
         // The request body round-trips through the protocol types.
         let body = rgcs_protocol::message::ContainerCreate {
             container_config: Some(rgcs_protocol::JsonString(c.clone())),
