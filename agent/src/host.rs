@@ -66,10 +66,16 @@ struct InFlight {
 impl Host {
     /// New state with the given module gate and reaper.
     pub fn new(modules: ModulesGate, reaper: Arc<Reaper>) -> Self {
+        let sys = crate::storage::mount::RealSys {
+            reaper: Some(Arc::clone(&reaper)),
+        };
         Self {
             modules,
             reaper,
-            storage: Arc::new(crate::storage::Storage::default()),
+            storage: Arc::new(crate::storage::Storage::new(
+                Arc::new(sys),
+                crate::storage::StorageConfig::default(),
+            )),
             containers: Registry::default(),
             uvm_processes: ProcessTable::default(),
             executor: None,

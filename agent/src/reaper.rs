@@ -54,6 +54,24 @@ impl ExitWatch {
     pub async fn wait(self) -> Option<ExitStatus> {
         self.0.await.ok()
     }
+
+    /// Waits for the exit from a blocking context (not the runtime's thread), at most `limit`;
+    /// `None` when it did not come in time.
+    pub fn wait_blocking(mut self, limit: std::time::Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.0.try_recv() {
+                Ok(s) => return Some(s),
+                Err(oneshot::error::TryRecvError::Closed) => return None,
+                Err(oneshot::error::TryRecvError::Empty) if std::time::Instant::now() >= deadline => {
+                    return None
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+            }
+        }
+    }
 }
 
 impl Reaper {

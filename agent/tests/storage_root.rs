@@ -224,7 +224,7 @@ fn disks_layers_and_overlays_body() {
     let scratch = Loop::new(t.0.join("scratch.img"), 32, None);
     let pmem = Loop::new(t.0.join("pmem.img"), 16, Some(("p", "pmem layer\n")));
     let cfg = fake_sysfs(&t, &[(1, &layer), (2, &scratch)], &[(0, &pmem)]);
-    let s = Storage::new(Arc::new(RealSys), cfg);
+    let s = Storage::new(Arc::new(RealSys::default()), cfg);
 
     for cycle in 0..20 {
         // read-only layer on SCSI, with noload
@@ -353,7 +353,7 @@ fn hostile_body() {
     let t = Temp::new("hostile");
     let layer = Loop::new(t.0.join("layer.img"), 16, Some(("hello", "x\n")));
     let cfg = fake_sysfs(&t, &[(1, &layer)], &[(0, &layer)]);
-    let s = Storage::new(Arc::new(RealSys), cfg);
+    let s = Storage::new(Arc::new(RealSys::default()), cfg);
     let victim = t.0.join("victim");
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::create_dir_all("/run/gcs/c").unwrap();

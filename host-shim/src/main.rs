@@ -6,10 +6,8 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rgcs_host_shim::initrd::{self, ExtraEntry, InitrdSpec};
-use rgcs_host_shim::kernel;
 use rgcs_host_shim::session::BootOptions;
 use rgcs_host_shim::vm::Accel;
 
@@ -100,13 +98,17 @@ enum InitrdCommand {
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
-        /// A static busybox to install as /bin/busybox (container rootfs source, UVM shell).
+        /// A static busybox to install as /bin/busybox with a link per applet (/bin/sh, …): the
+        /// UVM's shell and tools, and the source of the containers' busybox rootfs.
         #[arg(long)]
         busybox: Option<PathBuf>,
         /// A dynamically linked binary to install at its own path with its `ldd` libraries
-        /// (bench initrds: runc, crun). Repeatable.
-        #[arg(long = "runtime")]
-        runtimes: Vec<PathBuf>,
+        /// (mkfs.ext4 for EnsureFilesystem; runc and crun for the benchmark). Repeatable.
+        #[arg(long = "tool")]
+        tools: Vec<PathBuf>,
+        /// A host file to install at the same path (e.g. /etc/mke2fs.conf). Repeatable.
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -277,32 +279,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     agent,
                     output,
                     busybox,
-                    runtimes,
+                    tools,
+                    files,
                 },
-        } => {
-            let kernel = kernel::locate().context("cannot find the guest kernel")?;
-            let mut spec = InitrdSpec::new(agent, &output, &kernel);
-            if let Some(bb) = busybox {
-                spec.extras.push(ExtraEntry::File {
-                    source: bb,
-                    dest: "/bin/busybox".into(),
-                    mode: 0o755,
-                });
-            }
-            spec.extras
-                .extend(rgcs_host_shim::bench::containers::dynamic_binary_entries(
-                    &runtimes,
-                )?);
-            let report = initrd::build(&spec).context("cannot build the initrd")?;
-            eprintln!(
-                "initrd: {} ({} KiB, kernel {}, {} modules)",
-                report.output.display(),
-                report.size / 1024,
-                kernel.release,
-                report.modules.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cli::initrd::build(agent, output, busybox.as_deref(), &tools, &files),
         Command::Uvm {
             command: UvmCommand::Boot(args),
         } => cli::uvm::boot(args).await,

@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod stdio;
 pub mod table;
+pub mod tool;
 pub mod uvm;
 
 use std::sync::Arc;

@@ -173,7 +173,7 @@ pub struct Storage {
 
 impl Default for Storage {
     fn default() -> Self {
-        Self::new(Arc::new(mount::RealSys), StorageConfig::default())
+        Self::new(Arc::new(mount::RealSys::default()), StorageConfig::default())
     }
 }
 

@@ -42,9 +42,15 @@ pub trait Sys: Send + Sync + Debug {
     fn dm_remove(&self, name: &str) -> io::Result<()>;
 }
 
-/// The real kernel.
+/// The real kernel. Helper programs (`mkfs.ext4`) need the reaper to be waited for.
 #[derive(Debug, Default)]
-pub struct RealSys;
+pub struct RealSys {
+    /// The agent's one reaper; without it, helper programs are refused.
+    pub reaper: Option<std::sync::Arc<crate::reaper::Reaper>>,
+}
+
+/// How long `mkfs.ext4` may take (a 20 GiB scratch disk under TCG takes a few seconds).
+const MKFS_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Sys for RealSys {
     fn mount(
@@ -71,8 +77,12 @@ impl Sys for RealSys {
     }
 
     fn mkfs_ext4(&self, dev: &Path) -> io::Result<()> {
-        // `mkfs.ext4` is not in the initrd (Debian ships no static mke2fs); use one when the
-        // image provides it, and fail clearly otherwise.
+        // The initrd carries Debian's mkfs.ext4 with its libraries (scripts/build.sh); fail
+        // clearly on an image without one.
+        let reaper = self
+            .reaper
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no reaper to run mkfs.ext4 with"))?;
         let tool = [
             "/sbin/mkfs.ext4",
             "/usr/sbin/mkfs.ext4",
@@ -87,21 +97,15 @@ impl Sys for RealSys {
                 "mkfs.ext4 is not available in this guest image",
             )
         })?;
-        let out = std::process::Command::new(tool)
-            .args(["-q", "-F"])
-            .arg(dev)
-            .stdin(std::process::Stdio::null())
-            .output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "{tool} {} failed ({}): {}",
-                dev.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+        let dev_arg = dev.to_string_lossy();
+        crate::process::tool::run(
+            reaper,
+            Path::new(tool),
+            &["-q", "-F", &dev_arg],
+            &["PATH=/sbin:/usr/sbin:/bin:/usr/bin"],
+            MKFS_LIMIT,
+        )?
+        .check(&format!("{tool} {}", dev.display()))
     }
 
     fn dial_host(&self, port: u32) -> io::Result<OwnedFd> {

@@ -311,6 +311,16 @@ impl BridgeClient {
         self.notifications.lock().await.recv().await
     }
 
+    /// Closes the connection now (the guest sees its end of the stream close): outstanding
+    /// requests fail with [`ClientError::Disconnected`].
+    pub fn close(&self) {
+        self.reader.abort();
+        self.writer.abort();
+        if let Ok(mut p) = self.pending.lock() {
+            p.take();
+        }
+    }
+
     /// True while the reader task runs (the connection is usable).
     pub fn is_connected(&self) -> bool {
         !self.reader.is_finished()

@@ -1,6 +1,6 @@
 //! `rgcs bench containers`: the container lifecycle (create + start + wait + delete of `true`)
 //! and an exec of `true`, through rgcs and, in the same UVM and run, through Debian's `runc` and
-//! `crun` binaries shipped in a bench initrd (`rgcs initrd build --runtime …`).
+//! `crun` binaries shipped in a bench initrd (`rgcs initrd build --tool …`).
 //!
 //! Timing, and what each side includes:
 //! * **rgcs** is timed on the host (monotonic clock) around the bridge calls: Create, Start,
@@ -16,14 +16,12 @@
 //!
 //! Both run the same OCI spec (the one [`ContainerSpec`] builds) over the same busybox rootfs.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::{BenchError, Row, Summary};
-use crate::initrd::ExtraEntry;
 use crate::session::{BootOptions, Session};
 use rgcs_client::{
     exec_process, init_process, prepare_busybox_rootfs, uvm_sh, uvm_sh_ok, ContainerClient, ContainerError,
@@ -117,15 +115,6 @@ pub enum ContainersBenchError {
     /// Summaries.
     #[error("benchmark summary")]
     Summary(#[from] BenchError),
-    /// Initrd extras could not be resolved.
-    #[error("cannot resolve the libraries of {path}")]
-    Ldd {
-        /// The binary.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 fn call(step: impl Into<String>) -> impl FnOnce(ContainerError) -> ContainersBenchError {
@@ -458,58 +447,6 @@ pub fn ratio_lines(ratios: &[Ratio]) -> String {
     s
 }
 
-/// Initrd entries for dynamically linked binaries: each binary at its own path (mode 0755) and
-/// every library `ldd` resolves for it, plus the dynamic loader, at their paths. Duplicates across
-/// binaries are listed once.
-pub fn dynamic_binary_entries(binaries: &[PathBuf]) -> Result<Vec<ExtraEntry>, ContainersBenchError> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for bin in binaries {
-        let ldd = std::process::Command::new("ldd")
-            .arg(bin)
-            .output()
-            .map_err(|source| ContainersBenchError::Ldd {
-                path: bin.clone(),
-                source,
-            })?;
-        if !ldd.status.success() {
-            return Err(ContainersBenchError::Ldd {
-                path: bin.clone(),
-                source: std::io::Error::other(String::from_utf8_lossy(&ldd.stderr).trim().to_owned()),
-            });
-        }
-        let mut files = vec![(bin.clone(), 0o755)];
-        for lib in parse_ldd(&String::from_utf8_lossy(&ldd.stdout)) {
-            files.push((lib, 0o755));
-        }
-        for (path, mode) in files {
-            let dest = path.to_string_lossy().into_owned();
-            if seen.insert(dest.clone()) {
-                out.push(ExtraEntry::File {
-                    source: path,
-                    dest,
-                    mode,
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The absolute library paths in `ldd` output (`x => /path (0x…)` and `/lib64/ld… (0x…)`).
-pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let p = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            p.starts_with('/').then(|| PathBuf::from(p))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -525,17 +462,5 @@ mod tests {
             "{v:?}"
         );
         assert!(parse_marks("1.0 S 0\n2.0 E 0 1\n").is_err());
-    }
-
-    #[test]
-    fn ldd_output_parses() {
-        let t = "\tlinux-vdso.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
-        assert_eq!(
-            parse_ldd(t),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
-        );
     }
 }

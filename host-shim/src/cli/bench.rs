@@ -40,7 +40,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             print!("{}", bench::containers::ratio_lines(&report.ratios));
             if !report.missing_runtimes.is_empty() {
                 println!(
-                    "not in this initrd: {} (build it with `rgcs initrd build --runtime …`, see scripts/build.sh)",
+                    "not in this initrd: {} (build it with `rgcs initrd build --tool …`, see scripts/build.sh)",
                     report.missing_runtimes.join(", ")
                 );
             }

@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod containers;
 pub mod image;
+pub mod initrd;
 pub mod uvm;

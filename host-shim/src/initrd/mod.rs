@@ -18,6 +18,7 @@
 
 pub mod cpio;
 pub mod modules;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -116,6 +116,14 @@ pub enum VmError {
     /// QEMU did not exit in time.
     #[error("qemu did not exit within {0:?}")]
     WaitTimeout(Duration),
+    /// The vsock backend died: the guest lost its bridge, logs and stdio, so the VM was stopped.
+    #[error("vhost-device-vsock exited ({status:?}): the guest lost vsock and the utility VM was stopped; see {log}")]
+    BackendDied {
+        /// Its exit status.
+        status: Option<ExitStatus>,
+        /// Its log.
+        log: PathBuf,
+    },
 }
 
 /// Aborts a background task when dropped.
@@ -140,6 +148,7 @@ pub struct Uvm {
     pmem_slots: u32,
     guest_logs: GuestLogs,
     entropy_delivered: Arc<AtomicUsize>,
+    backend_exit: Arc<std::sync::OnceLock<Option<ExitStatus>>>,
     accel: ResolvedAccel,
     spawned_at: Instant,
     vsock_prefix: PathBuf,
@@ -197,6 +206,14 @@ impl Uvm {
         cmd.args(&argv);
         let spawned_at = Instant::now();
         let qemu = process::spawn("qemu", &mut cmd, &run_dir.qemu_log(), opts.shutdown_grace)?;
+        let backend_exit = Arc::new(std::sync::OnceLock::new());
+        let mut _tasks = _tasks;
+        _tasks.push(AbortOnDrop(tokio::spawn(watch_backend(
+            vhost.watcher(),
+            qemu.watcher(),
+            Arc::clone(&backend_exit),
+            run_dir.vhost_log(),
+        ))));
         Ok(Self {
             qemu,
             vhost,
@@ -204,6 +221,7 @@ impl Uvm {
             _tasks,
             guest_logs,
             entropy_delivered,
+            backend_exit,
             accel,
             pmem_slots: cfg.pmem_slots,
             spawned_at,
@@ -228,7 +246,8 @@ impl Uvm {
         Ok(VsockListener::bind(&self.vsock_prefix, port)?)
     }
 
-    /// Accepts one connection on `listener`, failing early if QEMU exits meanwhile.
+    /// Accepts one connection on `listener`, failing early if QEMU exits meanwhile (or the vsock
+    /// backend died, which stops QEMU).
     pub async fn accept_or_exit(
         &self,
         listener: &VsockListener,
@@ -236,13 +255,29 @@ impl Uvm {
     ) -> Result<UnixStream, VmError> {
         tokio::select! {
             r = listener.accept_one(timeout) => Ok(r?),
-            status = self.qemu.wait() => Err(VmError::QemuExited {
-                port: listener.port(),
-                status,
-                log: self.qemu_log.clone(),
-                console: self.console_log.clone(),
+            status = self.qemu.wait() => Err(match self.backend_exit.get() {
+                Some(status) => VmError::BackendDied {
+                    status: *status,
+                    log: self.run_dir.vhost_log(),
+                },
+                None => VmError::QemuExited {
+                    port: listener.port(),
+                    status,
+                    log: self.qemu_log.clone(),
+                    console: self.console_log.clone(),
+                },
             }),
         }
+    }
+
+    /// `Some(status)` once vhost-device-vsock died under a running VM (which was then stopped).
+    pub fn vsock_backend_exit(&self) -> Option<Option<ExitStatus>> {
+        self.backend_exit.get().copied()
+    }
+
+    /// The vhost-device-vsock process id.
+    pub fn vsock_backend_pid(&self) -> u32 {
+        self.vhost.pid()
     }
 
     /// Waits up to `timeout` for QEMU to exit.
@@ -321,6 +356,24 @@ impl Uvm {
     /// QEMU's process id.
     pub fn qemu_pid(&self) -> u32 {
         self.qemu.pid()
+    }
+}
+
+/// The guest's vsock exists only while vhost-device-vsock runs: if it dies first, report it once
+/// and stop QEMU (a VM without its bridge can only be torn down).
+async fn watch_backend(
+    mut vhost: process::ChildWatch,
+    mut qemu: process::ChildWatch,
+    exit: Arc<std::sync::OnceLock<Option<ExitStatus>>>,
+    log: PathBuf,
+) {
+    tokio::select! {
+        status = vhost.exited() => {
+            let _ = exit.set(status);
+            tracing::error!(?status, log = %log.display(), "vhost-device-vsock exited: the guest lost vsock; stopping the utility VM");
+            qemu.terminate();
+        }
+        _ = qemu.exited() => {}
     }
 }
 

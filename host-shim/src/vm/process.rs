@@ -111,7 +111,41 @@ pub enum SpawnError {
     },
 }
 
+/// A handle on a child's exit that a background task can hold (the child stays owned by its
+/// [`ChildProc`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ChildWatch {
+    name: &'static str,
+    pid: Pid,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+impl ChildWatch {
+    /// Resolves with the exit status once the child exited (`None` if its reaper failed).
+    pub(crate) async fn exited(&mut self) -> Option<ExitStatus> {
+        self.exit.wait_for(Option::is_some).await.ok().and_then(|s| *s)
+    }
+
+    /// SIGTERM unless it already exited (and was reaped: the pid cannot have been reused).
+    pub(crate) fn terminate(&self) {
+        if self.exit.borrow().is_none() {
+            if let Err(e) = kill(self.pid, Signal::SIGTERM) {
+                tracing::debug!(child = self.name, error = %e, "kill failed");
+            }
+        }
+    }
+}
+
 impl ChildProc {
+    /// A watch on this child's exit for another task.
+    pub(crate) fn watcher(&self) -> ChildWatch {
+        ChildWatch {
+            name: self.name,
+            pid: self.pid,
+            exit: self.exit.clone(),
+        }
+    }
+
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
         self.pid.as_raw().unsigned_abs()
