@@ -206,6 +206,18 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// N container lifecycles in one UVM, with a census of fds, threads, RSS, mounts, cgroups,
+    /// processes and state before and after; fails if anything leaked.
+    Soak {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Cycles.
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        runs: usize,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Container lifecycle and exec through rgcs, runc and crun in one UVM (use the bench initrd).
     Containers {
         #[command(flatten)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rgcs_client::hostile::{self, BoxFut, Env, Snapshot};
-use rgcs_client::{prepare_busybox_rootfs, uvm_sh_ok, BridgeClient, ContainerClient, BUSYBOX_ROOTFS};
+use rgcs_client::{census, prepare_busybox_rootfs, uvm_sh_ok, BridgeClient, ContainerClient, BUSYBOX_ROOTFS};
 use rgcs_host_shim::session::Session;
 use rgcs_host_shim::vm::Uvm;
 use rgcs_tests::{boot_options, init_logging};
@@ -20,24 +20,6 @@ struct InVm {
     /// The client the snapshot shell runs on (the current one; replaced on reconnect).
     current: Mutex<Arc<ContainerClient>>,
 }
-
-/// Counts what could leak in the UVM: mounts, processes, the agent's descriptors, container
-/// cgroups and the agent's per-container state.
-const SNAPSHOT: &str = r#"
-m=$(wc -l < /proc/self/mountinfo)
-# user processes only (kernel threads have an empty cmdline and come and go)
-n=0; for p in /proc/[0-9]*; do [ -s $p/cmdline ] && n=$((n+1)); done
-# the agent: PID 1's child running the same binary
-a=""
-for p in /proc/[0-9]*; do
-  if [ "$(readlink $p/exe)" = "$(readlink /proc/1/exe)" ] && grep -q '^PPid:[[:space:]]*1$' $p/status 2>/dev/null; then a=${p#/proc/}; fi
-done
-f=$(ls /proc/$a/fd 2>/dev/null | wc -l)
-echo "$m $n $f"
-echo CG; for d in /sys/fs/cgroup/containers/*/; do [ -d "$d" ] && basename "$d"; done
-echo ST; ls /run/gcs/runtime /run/gcs/procs 2>/dev/null | grep -v ':$' | grep -v '^$'
-echo END
-"#;
 
 impl Env for InVm {
     fn reconnect(&self) -> BoxFut<'_, Result<Arc<ContainerClient>, String>> {
@@ -81,10 +63,14 @@ impl Env for InVm {
             let c = Arc::clone(&*self.current.lock().await);
             let mut last: Option<Snapshot> = None;
             for _ in 0..20 {
-                let out = uvm_sh_ok(&c, SNAPSHOT)
-                    .await
-                    .map_err(|e| rgcs_protocol::error_chain(&e))?;
-                let s = parse(&out)?;
+                let n = census(&c).await.map_err(|e| rgcs_protocol::error_chain(&e))?;
+                let s = Snapshot {
+                    mounts: usize::try_from(n.mounts).unwrap_or(usize::MAX),
+                    processes: usize::try_from(n.processes).unwrap_or(usize::MAX),
+                    cgroups: n.cgroups,
+                    state: n.state,
+                    agent_fds: usize::try_from(n.agent_fds).unwrap_or(usize::MAX),
+                };
                 if last.as_ref() == Some(&s) {
                     return Ok(s);
                 }
@@ -98,40 +84,6 @@ impl Env for InVm {
     fn stall(&self) -> Duration {
         STALL
     }
-}
-
-fn parse(out: &str) -> Result<Snapshot, String> {
-    let mut lines = out.lines();
-    let nums: Vec<usize> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let [mounts, processes, agent_fds] = nums[..] else {
-        return Err(format!("bad snapshot: {out:?}"));
-    };
-    if agent_fds == 0 {
-        return Err(format!("the agent process was not found: {out:?}"));
-    }
-    let mut s = Snapshot {
-        mounts,
-        processes,
-        agent_fds,
-        ..Snapshot::default()
-    };
-    let mut section = "";
-    for l in lines {
-        match l {
-            "CG" | "ST" | "END" => section = l,
-            l if section == "CG" => s.cgroups.push(l.to_owned()),
-            l if section == "ST" => s.state.push(l.to_owned()),
-            _ => {}
-        }
-    }
-    s.cgroups.sort();
-    s.state.sort();
-    Ok(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

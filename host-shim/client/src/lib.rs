@@ -35,7 +35,9 @@ pub use spec::{
     UserSpec,
 };
 pub use stdio::{Captured, HostStdio, StdioError};
-pub use uvm::{prepare_busybox_rootfs, uvm_sh, uvm_sh_ok, ShellOutput, UvmShellError, BUSYBOX_ROOTFS};
+pub use uvm::{
+    census, prepare_busybox_rootfs, uvm_sh, uvm_sh_ok, Census, ShellOutput, UvmShellError, BUSYBOX_ROOTFS,
+};
 pub use vsock::{connect_to_guest, port_path, VsockError, VsockListener};
 
 /// The OCI runtime-spec crate the spec types come from.

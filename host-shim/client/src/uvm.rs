@@ -99,3 +99,97 @@ pub async fn prepare_busybox_rootfs(client: &ContainerClient, path: &str) -> Res
     let script = format!("R='{}'\n{BUSYBOX_ROOTFS_SCRIPT}", path.replace('\'', ""));
     uvm_sh_ok(client, &script).await.map(drop)
 }
+
+/// What the UVM holds that a leak would grow: counted by a UVM shell, so the numbers are the
+/// guest's own. The shell itself adds one constant process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Census {
+    /// Mount points (`/proc/self/mountinfo` lines).
+    pub mounts: u64,
+    /// User processes (kernel threads, children of kthreadd, excluded: they come and go).
+    pub processes: u64,
+    /// The agent's open descriptors.
+    pub agent_fds: u64,
+    /// The agent's threads.
+    pub agent_threads: u64,
+    /// The agent's resident set, KiB.
+    pub agent_rss_kib: u64,
+    /// Container cgroups (`/sys/fs/cgroup/containers/*`).
+    pub cgroups: Vec<String>,
+    /// Per-container state the agent keeps (`/run/gcs/runtime`, `/run/gcs/procs`).
+    pub state: Vec<String>,
+}
+
+/// The census script: the agent is PID 1's child running PID 1's binary.
+const CENSUS: &str = r#"
+a=""
+for p in /proc/[0-9]*; do
+  if [ "$(readlink $p/exe)" = "$(readlink /proc/1/exe)" ] && grep -q '^PPid:[[:space:]]*1$' $p/status 2>/dev/null; then a=${p#/proc/}; fi
+done
+[ -n "$a" ] || { echo "no agent process" >&2; exit 1; }
+n=0
+for p in /proc/[0-9]*; do
+  [ "${p#/proc/}" = 2 ] && continue
+  grep -q '^PPid:[[:space:]]*2$' $p/status 2>/dev/null || n=$((n+1))
+done
+echo "mounts $(wc -l < /proc/self/mountinfo)"
+echo "processes $n"
+echo "agent_fds $(ls /proc/$a/fd | wc -l)"
+sed -n 's/^Threads:[[:space:]]*/agent_threads /p; s/^VmRSS:[[:space:]]*\([0-9]*\).*/agent_rss_kib \1/p' /proc/$a/status
+for d in /sys/fs/cgroup/containers/*/; do [ -d "$d" ] && echo "cgroup $(basename "$d")"; done
+for d in /run/gcs/runtime /run/gcs/procs; do for e in "$d"/*; do [ -e "$e" ] && echo "state ${e#/run/gcs/}"; done; done
+true
+"#;
+
+/// Takes a [`Census`] of the UVM.
+pub async fn census(client: &ContainerClient) -> Result<Census, UvmShellError> {
+    let out = uvm_sh_ok(client, CENSUS).await?;
+    Ok(parse_census(&out))
+}
+
+fn parse_census(out: &str) -> Census {
+    let mut c = Census::default();
+    for line in out.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        let n = v.trim().parse::<u64>().unwrap_or(0);
+        match k {
+            "mounts" => c.mounts = n,
+            "processes" => c.processes = n,
+            "agent_fds" => c.agent_fds = n,
+            "agent_threads" => c.agent_threads = n,
+            "agent_rss_kib" => c.agent_rss_kib = n,
+            "cgroup" => c.cgroups.push(v.to_owned()),
+            "state" => c.state.push(v.to_owned()),
+            _ => {}
+        }
+    }
+    c.cgroups.sort();
+    c.state.sort();
+    c
+}
+
+#[cfg(test)]
+mod census_tests {
+    use super::*;
+
+    #[test]
+    fn census_lines_parse() {
+        let c = parse_census(
+            "mounts 12\nprocesses 7\nagent_fds 9\nagent_threads 4\nagent_rss_kib 3120\ncgroup c1\nstate runtime/c1\nstate procs/c1\n",
+        );
+        assert_eq!(
+            (
+                c.mounts,
+                c.processes,
+                c.agent_fds,
+                c.agent_threads,
+                c.agent_rss_kib
+            ),
+            (12, 7, 9, 4, 3120)
+        );
+        assert_eq!(c.cgroups, ["c1"]);
+        assert_eq!(c.state, ["procs/c1", "runtime/c1"]);
+    }
+}

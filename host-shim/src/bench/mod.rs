@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub mod containers;
+pub mod soak;
 pub mod storage;
 
 use crate::session::{BootOptions, Session, SessionError};

@@ -1,9 +1,14 @@
-//! `rgcs bench boot|containers`.
+//! `rgcs bench boot|soak|storage|containers`.
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{Context, Result};
+use rgcs_client::{prepare_busybox_rootfs, ContainerClient, BUSYBOX_ROOTFS};
 use rgcs_host_shim::bench;
+use rgcs_host_shim::session::Session;
 
 use crate::{check_runs, BenchCommand};
 
@@ -22,6 +27,31 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             print!("{}", bench::table(&title, &report.rows));
             if let Some(path) = json {
                 bench::write_json(&path, &report)?;
+            }
+        }
+        BenchCommand::Soak { vm, runs, json } => {
+            check_runs(runs)?;
+            let session = Session::boot(&vm.boot_options()).await.context("boot")?;
+            let Session { uvm, bridge, .. } = session;
+            let client = ContainerClient::new(Arc::new(bridge), uvm.vsock_prefix());
+            let result = async {
+                prepare_busybox_rootfs(&client, BUSYBOX_ROOTFS)
+                    .await
+                    .context("busybox rootfs")?;
+                bench::soak::soak(&client, runs).await.context("soak failed")
+            }
+            .await;
+            let _ = client.bridge().shutdown_uvm(true).await;
+            let _ = uvm.wait(Duration::from_secs(30)).await;
+            uvm.shutdown().await;
+            let report = result?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                bench::write_json(&path, &report)?;
+            }
+            let leaks = report.leaks();
+            if !leaks.is_empty() {
+                anyhow::bail!("the soak leaked: {}", leaks.join("; "));
             }
         }
         BenchCommand::Storage { vm, image, mib, json } => {
