@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything rgcs needs on a fresh Debian 12 machine (root):
 #   qemu-system-x86 (the UVM), linux-image-amd64 (guest kernel + modules), e2fsprogs (ext4 layers),
-#   busybox-static (test rootfs), libseccomp-dev (static libseccomp for the agent), runc + crun (containers benchmark), vhost-device-vsock (host end of vsock, pinned), cargo-fuzz.
+#   busybox-static (UVM shell, test rootfs), libseccomp-dev (static libseccomp for the agent),
+#   runc + crun (containers benchmark), vhost-device-vsock (host end of vsock, pinned).
+#   (Fuzzing installs its own tools: scripts/fuzz.sh.)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 

@@ -128,7 +128,7 @@ pub enum GcsError {
 }
 
 impl GcsError {
-    /// The HRESULT the host expects for this error (GCS-PROTOCOL §5).
+    /// The HRESULT the host expects for this error (docs/gcs-reference.md §5).
     pub fn hresult(&self) -> HResult {
         match self {
             Self::NotImplemented(_) | Self::NotNegotiated | Self::AlreadyNegotiated => HResult::NOT_IMPL,

@@ -8,7 +8,9 @@
 //! * [`host`] — agent-wide state;
 //! * [`modules`] — the background load of storage kernel modules;
 //! * [`logging`] — logrus-style JSON lines for the host's log port;
-//! * [`sys`] — the only place with raw file descriptors.
+//! * [`sys`] — the only place with raw file descriptors and `unsafe` (denied everywhere else).
+
+#![deny(unsafe_code)]
 
 pub mod bridge;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod outcome;
 pub mod process;
 pub mod reaper;
 pub mod storage;
+#[allow(unsafe_code)]
 pub mod sys;
 
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use std::sync::Arc;
 /// Runs the agent (not PID 1) until the host asks for power-off or, with `--no-redial`, the bridge
 /// drops. Returns the process exit code.
 pub fn run(cfg: config::Config) -> i32 {
+    sys::heap::limit_arenas(1);
     // The zygote must be forked while this process still has one thread: before logging (which
     // starts a thread) and before the runtime. In the zygote, `start` never returns.
     let zygote = container::runtime::start(&cfg.run_dir.join("runtime"), cfg.executor_deadline);

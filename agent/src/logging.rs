@@ -1,5 +1,5 @@
 //! The agent's log output: one logrus-style JSON object per line on stderr, which PID 1 connected
-//! to vsock port 109 (GCS-PROTOCOL §1.2): `{"time":…,"level":…,"msg":…, <fields>}`.
+//! to vsock port 109 (docs/gcs-reference.md §1.2): `{"time":…,"level":…,"msg":…, <fields>}`.
 //!
 //! Events are formatted on the emitting thread and handed to one writer thread through a bounded
 //! queue. A host that stops reading the log port therefore never blocks a request handler: when
@@ -21,6 +21,11 @@ use tracing_subscriber::Layer;
 
 /// Lines buffered between the emitters and the writer thread.
 const QUEUE_LINES: usize = 1024;
+
+/// A duration as whole milliseconds for a log field (saturating; a `u128` never fits otherwise).
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Maps an hcsshim/logrus level name (or a tracing one) to a filter. Unknown names mean `info`.
 pub fn level_filter(name: &str) -> LevelFilter {

@@ -1,5 +1,5 @@
 //! The UVM's late set-up, run in the background once the bridge is negotiated so that none of it
-//! delays readiness (GCS-PROTOCOL's `/init` does these before starting gcs; with one vCPU, doing
+//! delays readiness (docs/gcs-reference.md's `/init` does these before starting gcs; with one vCPU, doing
 //! them beside the agent's own start would only take CPU from it): the entropy seed from vsock
 //! port 1, cgroup v2 with every controller, `lo` up, and the late kernel modules (storage: SCSI,
 //! ext4, overlay, 9p, dm). Requests that create containers or touch storage wait on

@@ -12,7 +12,7 @@ use crate::error::GcsError;
 pub enum Outcome {
     /// Send a success response with these body fields (beside the base).
     Reply(Map<String, Value>),
-    /// Power the VM off without replying (Shutdown* on the UVM ID, GCS-PROTOCOL §4.11).
+    /// Power the VM off without replying (Shutdown* on the UVM ID, docs/gcs-reference.md §4.11).
     PowerOff,
 }
 

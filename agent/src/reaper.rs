@@ -1,4 +1,4 @@
-//! The agent's one and only reaper (LIBCONTAINER.md §2.1 pitfall 5).
+//! The agent's one and only reaper (docs/libcontainer-notes.md §2.1 pitfall 5).
 //!
 //! Container inits and exec processes are the agent's children (libcontainer's `as_sibling` in the
 //! zygote), and so are processes run in the UVM itself, libcontainer's intermediates and orphans
@@ -216,7 +216,8 @@ mod tests {
     fn unclaimed_exits_are_bounded() {
         let mut m = HashMap::new();
         let now = Instant::now();
-        for pid in 0..(UNCLAIMED_MAX as i32 + 10) {
+        let max = i32::try_from(UNCLAIMED_MAX).unwrap();
+        for pid in 0..(max + 10) {
             m.insert(pid, (ExitStatus::Exited(0), now));
         }
         prune(&mut m, now);

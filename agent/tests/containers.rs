@@ -82,7 +82,7 @@ impl Agent {
     }
 
     /// With `cgroup2`, the agent runs in a private mount namespace with a cgroup2 file system on
-    /// `/sys/fs/cgroup` (the UVM's layout), as LIBCONTAINER.md row 5 did. With `uts_hostname`, in
+    /// `/sys/fs/cgroup` (the UVM's layout), as docs/libcontainer-notes.md row 5 did. With `uts_hostname`, in
     /// a UTS namespace of its own with that hostname (a fresh UVM kernel says `(none)`).
     async fn start_opts(tag: &str, opts: Opts) -> Self {
         require_root();
@@ -1199,7 +1199,7 @@ async fn a_hung_or_dead_executor_is_replaced() {
         .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("--zygote")))
         .expect("a replacement zygote runs as `gcs --zygote`");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(zygote).unwrap()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();

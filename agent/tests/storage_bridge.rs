@@ -1,5 +1,5 @@
 //! UVM-level ModifySettings through the real `gcs` binary and host-shim's bridge client: the
-//! decoder, dispatch and storage answer each refusal with the HRESULT of GCS-PROTOCOL §4.13, and
+//! decoder, dispatch and storage answer each refusal with the HRESULT of docs/gcs-reference.md §4.13, and
 //! a hostile path mounts nothing. No VM; nothing here mounts (every request is refused, or removes
 //! a path that does not exist).
 

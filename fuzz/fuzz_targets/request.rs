@@ -1,4 +1,4 @@
-//! Request payloads: the first byte picks a message type of GCS-PROTOCOL §2.4 (or an unknown one),
+//! Request payloads: the first byte picks a message type of docs/gcs-reference.md §2.4 (or an unknown one),
 //! the rest is the JSON payload.
 //!
 //! `RequestBase::decode_lenient` and `Request::decode` must never panic. A payload that decodes

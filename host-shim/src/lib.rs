@@ -12,7 +12,7 @@
 //! * [`run`] — `rgcs run`: an image, end to end;
 //! * [`control`] — `rgcs uvm boot --serve-dir`'s control socket (server and client);
 //! * [`stdio`] — the CLI's terminal relay;
-//! * [`bench`] — benchmarks;
+//! * [`bench`](mod@bench) — benchmarks;
 //! * [`sys`] — the only module with `unsafe`.
 #![deny(unsafe_code)]
 pub mod bench;

@@ -1,4 +1,4 @@
-//! `rgcs run`: an OCI image, end to end, the way hcsshim's host drives LCOW (GCS-PROTOCOL
+//! `rgcs run`: an OCI image, end to end, the way hcsshim's host drives LCOW (docs/gcs-reference.md
 //! Appendix A): import (layers as cached ext4 images), boot, attach the root filesystem
 //! ([`crate::rootfs`]), Create, the init process with stdio relayed to this terminal, its exit
 //! code, and every resource removed again, whether the container ran or not.

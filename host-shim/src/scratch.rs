@@ -1,5 +1,5 @@
 //! Scratch disks: sparse files holding an empty ext4 filesystem, hot-plugged read-write as a
-//! container's scratch (`MappedVirtualDisk` with `EnsureFilesystem`, GCS-PROTOCOL §4.14).
+//! container's scratch (`MappedVirtualDisk` with `EnsureFilesystem`, docs/gcs-reference.md §4.14).
 //!
 //! The file is sparse: a 10 GiB scratch costs only the few MiB of metadata mke2fs writes
 //! (lazy inode-table and journal init; the guest kernel finishes those lazily).

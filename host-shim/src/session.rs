@@ -172,7 +172,7 @@ impl Session {
                 return Err(SessionError::NoPowerOff(POWER_OFF_TIMEOUT));
             }
         };
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, %status, "guest powered off");
+        tracing::debug!(elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), %status, "guest powered off");
         self.uvm.shutdown().await;
         Ok(status)
     }

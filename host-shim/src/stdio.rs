@@ -82,7 +82,7 @@ async fn drain_to(mut s: UnixStream, mut out: impl Write, stream: &'static str) 
 /// and `exited` resolves. With `tty`, the local stdin (if a terminal) is put in raw mode for the
 /// duration, and every `SIGWINCH` calls `resize(rows, cols)` (also called once at the start).
 /// After `exited`, output still buffered is drained for at most `drain` (a guest half-close
-/// never reaches the host, REPORT §9).
+/// never reaches the host, docs/uvm-notes.md §9).
 pub async fn relay_terminal<E, R, RF>(
     stdio: HostStdio,
     tty: bool,

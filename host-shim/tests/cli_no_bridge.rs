@@ -74,7 +74,7 @@ async fn no_bridge_mode_hands_the_bridge_port_to_another_program_and_cleans_up()
 
     // Interrupt the CLI: it stops the VM and removes what it made.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(cli.id().unwrap() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(cli.id().unwrap()).unwrap()),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();

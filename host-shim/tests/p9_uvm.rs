@@ -33,7 +33,7 @@ async fn modify(session: &Session, request_type: RequestType, resource: Resource
 fn share(name: &str, mount: &str, read_only: bool) -> Resource {
     Resource::MappedDirectory(MappedDirectory {
         mount_path: mount.into(),
-        port: p9::PORT as i32,
+        port: p9::PORT_I32,
         share_name: name.into(),
         read_only,
     })

@@ -1,4 +1,4 @@
-//! The cgroup hierarchy at `/sys/fs/cgroup` (GCS-PROTOCOL §6.1 step 11).
+//! The cgroup hierarchy at `/sys/fs/cgroup` (docs/gcs-reference.md §6.1 step 11).
 //!
 //! This module owns choosing and mounting cgroup v2 or v1. By default it mounts `cgroup2`, requires
 //! `cgroup.controllers`, and enables every listed controller in the root's `cgroup.subtree_control`

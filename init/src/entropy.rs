@@ -1,4 +1,4 @@
-//! Seeding the kernel's entropy pool from the host (vsock port 1, GCS-PROTOCOL §1.1 and §6.1 step 14).
+//! Seeding the kernel's entropy pool from the host (vsock port 1, docs/gcs-reference.md §1.1 and §6.1 step 14).
 //!
 //! This module owns the bounded read of the host's seed and the `RNDADDENTROPY` ioctl. The host writes
 //! a few hundred random bytes and closes; init reads until EOF (at most [`MAX_SEED_LEN`] bytes, and
@@ -67,7 +67,7 @@ pub fn seed_from_host() -> Result<usize, EntropyError> {
     let _ = setsockopt(
         &sock,
         ReceiveTimeout,
-        &TimeVal::milliseconds(READ_TIMEOUT.as_millis() as i64),
+        &TimeVal::milliseconds(i64::try_from(READ_TIMEOUT.as_millis()).unwrap_or(i64::MAX)),
     );
     let seed = read_capped(&mut File::from(sock), MAX_SEED_LEN).map_err(EntropyError::Read)?;
     if seed.is_empty() {
@@ -123,10 +123,11 @@ impl RandPoolInfo {
         }
         let mut buf = [0u8; MAX_SEED_LEN];
         buf[..len].copy_from_slice(seed);
-        // len ≤ 4096, so both values fit in a c_int.
+        // len ≤ 4096, so the conversion succeeds and `8 * len` cannot overflow a c_int.
+        let buf_size = libc::c_int::try_from(len).ok()?;
         Some(RandPoolInfo {
-            entropy_count: (len * 8) as libc::c_int,
-            buf_size: len as libc::c_int,
+            entropy_count: buf_size * 8,
+            buf_size,
             buf,
         })
     }

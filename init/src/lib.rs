@@ -1,10 +1,15 @@
 //! `rgcs-init`: the PID 1 duties of the rgcs utility VM.
 //!
 //! The single static `gcs` binary calls [`pid1::main`] when it runs as PID 1. PID 1 is a small,
-//! single-threaded supervisor: it mounts the early filesystems, sets limits, sets up cgroups, brings
-//! `lo` up, loads the early kernel modules, dials the host's log stream and entropy ports, then
-//! re-executes itself as the agent (`gcs …`), reaps every child, forwards shutdown signals, and
-//! powers the VM off when the agent exits. See [`pid1`] for the order and what is fatal.
+//! single-threaded supervisor: it mounts the early filesystems, sets limits, loads the early
+//! kernel modules (virtio-pci, vsock), dials the host's log stream, then re-executes itself as the
+//! agent (`gcs …`), reaps every child, forwards shutdown signals, and powers the VM off when the
+//! agent exits. See [`pid1`] for the order and what is fatal.
+//!
+//! The rest of hcsshim's `/init` work (entropy from the host, cgroups with every controller,
+//! `lo` up, the late kernel modules) is the agent's late set-up after the bridge is negotiated
+//! (docs/adr/0003-late-kernel-modules.md); this crate provides the pieces ([`entropy`],
+//! [`cgroups`], [`net`], [`modules`]) the agent calls.
 //!
 //! Pieces the agent reuses:
 //! * [`vsock::connect`]: the guest-dials-host connect with the hcsshim retry policy;

@@ -2,7 +2,7 @@
 //!
 //! This module owns the pure [`LogLine`] builder and the RFC 3339 (nanosecond) time formatting that
 //! goes with it. It performs no I/O: init's journal and the agent's tracing layer decide where the
-//! lines go. The format follows GCS-PROTOCOL §1.2: the host decodes a stream of JSON objects with
+//! lines go. The format follows docs/gcs-reference.md §1.2: the host decodes a stream of JSON objects with
 //! `time` (RFC3339Nano, UTC), `level` and `msg`, plus any extra fields.
 //!
 //! ```
@@ -252,8 +252,11 @@ pub const fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
     let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
     let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    // `day` and `month` are within the ranges noted above, so the narrowing casts are exact.
-    (year, month as u32, day as u32)
+    // cast: `month` is in [1, 12] and `day` in [1, 31] (see above), so both casts are exact;
+    // `u32::try_from` is not usable in a `const fn`.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let (month, day) = (month as u32, day as u32);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -264,7 +267,7 @@ mod tests {
 
     fn at(secs: i64, nanos: u32) -> SystemTime {
         if secs >= 0 {
-            UNIX_EPOCH + Duration::new(secs as u64, nanos)
+            UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nanos)
         } else {
             UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(u64::from(nanos))
         }

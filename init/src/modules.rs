@@ -2,7 +2,7 @@
 //!
 //! This module owns the list format, its parser and the `finit_module(2)` loop. It does not resolve
 //! dependencies: the host's initrd builder writes the list already in load order (from `modules.dep`
-//! plus the softdeps a PID 1 without modprobe would miss, such as crc32c before ext4; UVM REPORT §5–§6).
+//! plus the softdeps a PID 1 without modprobe would miss, such as crc32c before ext4; docs/uvm-notes.md §5–§6).
 //!
 //! # List format
 //!

@@ -1,5 +1,5 @@
 //! The early filesystem table: what PID 1 mounts and links before anything else runs
-//! (GCS-PROTOCOL §6.1 steps 4–9, the idea of hcsshim's `init.c` op table).
+//! (docs/gcs-reference.md §6.1 steps 4–9, the idea of hcsshim's `init.c` op table).
 //!
 //! This module owns [`EARLY_STEPS`] and the executor [`run`]. Targets are absolute paths resolved
 //! under a root directory (`/` in PID 1, a scratch directory in tests). Every step is idempotent: a

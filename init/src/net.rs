@@ -51,6 +51,11 @@ pub fn loopback_up() -> Result<bool, NetError> {
     interface_up(LOOPBACK)
 }
 
+/// `IFF_UP` as the type of `ifr_flags`.
+// cast: IFF_UP is 0x1, which fits in a c_short (the kernel's `ifr_flags` is a short).
+#[allow(clippy::cast_possible_truncation)]
+const IFF_UP: libc::c_short = libc::IFF_UP as libc::c_short;
+
 /// Sets `IFF_UP` on the interface `name` if it is not already set. Returns whether it was down.
 pub fn interface_up(name: &str) -> Result<bool, NetError> {
     let mut req = ifreq(name)?;
@@ -59,7 +64,7 @@ pub fn interface_up(name: &str) -> Result<bool, NetError> {
         name: name.into(),
         source,
     })?;
-    let up = libc::IFF_UP as libc::c_short;
+    let up = IFF_UP;
     if flags & up != 0 {
         return Ok(false);
     }
@@ -81,7 +86,7 @@ pub fn is_up(name: &str) -> Result<bool, NetError> {
         name: name.into(),
         source,
     })?;
-    Ok(flags & libc::IFF_UP as libc::c_short != 0)
+    Ok(flags & IFF_UP != 0)
 }
 
 fn control_socket() -> Result<OwnedFd, NetError> {
@@ -111,7 +116,7 @@ fn ifreq(name: &str) -> Result<libc::ifreq, NetError> {
     }
     let mut ifr_name = [0 as libc::c_char; libc::IFNAMSIZ];
     for (dst, &src) in ifr_name.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
     Ok(libc::ifreq {
         ifr_name,
@@ -132,10 +137,8 @@ mod tests {
             assert!(matches!(interface_up(bad), Err(NetError::BadName(_))), "{bad:?}");
         }
         let req = ifreq("eth0").expect("valid");
-        assert_eq!(
-            &req.ifr_name[..5],
-            &[b'e' as libc::c_char, b't' as _, b'h' as _, b'0' as _, 0]
-        );
+        let name: Vec<u8> = req.ifr_name[..5].iter().map(|c| c.to_ne_bytes()[0]).collect();
+        assert_eq!(name, b"eth0\0");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! it, and power off when it exits.
 //!
 //! This module owns the order of the boot steps, their timing and logging, and what is fatal. The
-//! steps themselves live in their own modules. Order (GCS-PROTOCOL §6.1, adapted):
+//! steps themselves live in their own modules. Order (docs/gcs-reference.md §6.1, adapted):
 //!
 //! Record the boot clock, early mounts ([`crate::mounts`]), `RLIMIT_NOFILE`, early kernel modules
 //! (virtio, vsock), dial the port-109 log stream, fork + exec the agent, supervise it, power off.
@@ -45,9 +45,19 @@ pub const BOOTTIME_ENV: &str = "RGCS_INIT_BOOTTIME_NS";
 pub fn main(args: Vec<OsString>) -> ! {
     let start = time::boottime();
     let mut log = Journal::new();
-    let root = Path::new("/");
+    early_mounts(&mut log);
+    ensure_std_fds();
+    raise_nofile(&mut log);
+    early_modules(&mut log);
+    connect_log_stream(&mut log);
+    let pid = start_agent(&mut log, &args, start);
+    supervise(&mut log, pid);
+    poweroff::power_off()
+}
 
-    let (res, took) = timed(|| mounts::run(root, mounts::EARLY_STEPS));
+/// `/dev`, `/proc`, `/sys`, `/run` and the rest of the early table; fatal if a required one fails.
+fn early_mounts(log: &mut Journal) {
+    let (res, took) = timed(|| mounts::run(Path::new("/"), mounts::EARLY_STEPS));
     match res {
         Ok(report) => {
             for failure in &report.failed {
@@ -60,10 +70,12 @@ pub fn main(args: Vec<OsString>) -> ! {
                     .field("linked", report.count(mounts::Outcome::Linked)),
             );
         }
-        Err(e) => fatal(&mut log, "early mount failed", "mounts", &e),
+        Err(e) => fatal(log, "early mount failed", "mounts", &e),
     }
-    ensure_std_fds();
+}
 
+/// `RLIMIT_NOFILE` as hcsshim's init sets it; a failure is only logged.
+fn raise_nofile(log: &mut Journal) {
     let (res, took) = timed(rlimit::raise_nofile);
     match res {
         Ok(l) => log.emit(
@@ -74,7 +86,10 @@ pub fn main(args: Vec<OsString>) -> ! {
         ),
         Err(e) => log.emit(warn("open file limit not set", "rlimit", &e)),
     }
+}
 
+/// The modules the bridge needs (virtio-pci, vsock); fatal if a required one fails.
+fn early_modules(log: &mut Journal) {
     let (res, took) = timed(|| modules::load(modules::Phase::Early));
     match res {
         Ok(report) if !report.list_found => log.emit(
@@ -95,9 +110,12 @@ pub fn main(args: Vec<OsString>) -> ! {
                     .field("skipped", report.skipped.len()),
             );
         }
-        Err(e) => fatal(&mut log, "early modules failed", "modules", &e),
+        Err(e) => fatal(log, "early modules failed", "modules", &e),
     }
+}
 
+/// The host's log port (109); without it, init logs to `/dev/kmsg`.
+fn connect_log_stream(log: &mut Journal) {
     let (res, took) = timed(|| vsock::connect_once(vsock::LOG_PORT));
     match res {
         Ok(sock) => {
@@ -112,12 +130,16 @@ pub fn main(args: Vec<OsString>) -> ! {
             );
         }
     }
+}
 
+/// Forks and execs the agent with the log socket as its stderr and a pipe that carries init's
+/// own lines through it (one writer per stream); fatal on any failure. Returns its PID.
+fn start_agent(log: &mut Journal, args: &[OsString], start: Duration) -> nix::unistd::Pid {
     let spawn_start = time::boottime();
     let start_ns = time::as_nanos_u64(start);
     // Block before forking so that no SIGCHLD or shutdown signal can be lost in between.
     if let Err(e) = supervisor::block_handled() {
-        fatal(&mut log, "block signals failed", "spawn", &e);
+        fatal(log, "block signals failed", "spawn", &e);
     }
     // While the agent runs it is the only writer of the log socket; init's lines reach it
     // through this pipe (see `journal`). Without a socket there is nothing to share.
@@ -125,7 +147,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         Some(_) => pipe2(OFlag::O_CLOEXEC).ok(),
         None => None,
     };
-    let agent = AgentCommand::new(AGENT_EXE, &args, start_ns, relay.is_some()).and_then(|cmd| {
+    let agent = AgentCommand::new(AGENT_EXE, args, start_ns, relay.is_some()).and_then(|cmd| {
         let mut stdio = AgentStdio::new(log.socket())?;
         if let Some((read_end, _)) = &relay {
             stdio = stdio.with_init_log(read_end.try_clone().map_err(SpawnError::DupLogSocket)?);
@@ -135,7 +157,7 @@ pub fn main(args: Vec<OsString>) -> ! {
     });
     let (pid, stderr_kind) = match agent {
         Ok(started) => started,
-        Err(e) => fatal(&mut log, "start agent failed", "spawn", &e),
+        Err(e) => fatal(log, "start agent failed", "spawn", &e),
     };
     if let Some((read_end, write_end)) = relay {
         drop(read_end);
@@ -155,7 +177,11 @@ pub fn main(args: Vec<OsString>) -> ! {
             .field("spawn_ms", time::as_millis_f64(time::since(spawn_start)))
             .field("duration_ms", time::as_millis_f64(time::since(start))),
     );
+    pid
+}
 
+/// Reaps everything until the agent exits, then says how it ended.
+fn supervise(log: &mut Journal, pid: nix::unistd::Pid) {
     let supervised = supervisor::supervise(pid, &mut |line| log.emit(line));
     // The agent is gone: init writes the socket alone again.
     log.end_relay();
@@ -179,7 +205,6 @@ pub fn main(args: Vec<OsString>) -> ! {
         }
         Err(e) => log.emit_everywhere(error("lost track of the agent", "supervise", &e)),
     }
-    poweroff::power_off()
 }
 
 /// Runs `f`, returning its result and how long it took on the boot clock.

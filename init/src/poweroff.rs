@@ -1,4 +1,4 @@
-//! The end of the utility VM: flush and power off (UVM REPORT §6 pitfall 14).
+//! The end of the utility VM: flush and power off (docs/uvm-notes.md §6 pitfall 14).
 //!
 //! This module owns the one way PID 1 stops. It never returns and never panics: if the kernel refuses
 //! `reboot(RB_POWER_OFF)` (only possible without `CAP_SYS_BOOT`, i.e. not as PID 1), the process parks

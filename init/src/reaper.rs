@@ -1,4 +1,4 @@
-//! The one reaper: PID 1's `waitpid(-1)` loop (STYLE rule 12, GCS-PROTOCOL §6.1 step 17).
+//! The one reaper: PID 1's `waitpid(-1)` loop (STYLE rule 12, docs/gcs-reference.md §6.1 step 17).
 //!
 //! This module owns collecting every child's exit status, the agent's and every orphan's re-parented
 //! to PID 1, and recognising when the primary child (the agent) has exited. It does not decide what

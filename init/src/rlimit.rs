@@ -1,4 +1,4 @@
-//! The open-file limit inherited by the agent and every container (GCS-PROTOCOL §6.1 step 3).
+//! The open-file limit inherited by the agent and every container (docs/gcs-reference.md §6.1 step 3).
 //!
 //! This module owns `RLIMIT_NOFILE`: soft [`NOFILE_SOFT`], hard [`NOFILE_HARD`]. If the kernel refuses
 //! the hard value (`EPERM`: it is above `fs.nr_open`, or the caller lacks `CAP_SYS_RESOURCE`), the

@@ -1,4 +1,4 @@
-//! Starting the agent as PID 1's child (GCS-PROTOCOL §6.1 step 16, without vsockexec).
+//! Starting the agent as PID 1's child (docs/gcs-reference.md §6.1 step 16, without vsockexec).
 //!
 //! This module owns the agent's command line, environment and standard descriptors, and the
 //! fork + exec. Everything that can fail is prepared before the fork; the child only unblocks

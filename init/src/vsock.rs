@@ -1,4 +1,4 @@
-//! Dialling the host over `AF_VSOCK` (the guest is always the client, GCS-PROTOCOL §1.1).
+//! Dialling the host over `AF_VSOCK` (the guest is always the client, docs/gcs-reference.md §1.1).
 //!
 //! This module owns the connect-and-retry policy shared by init (log stream, entropy) and the agent
 //! (bridge, stdio, 9p): a blocking `SOCK_STREAM | SOCK_CLOEXEC` connect to CID 2, retried on

@@ -1,4 +1,4 @@
-//! Framing (GCS-PROTOCOL §2.1): a 16-byte little-endian header followed by a JSON payload.
+//! Framing (docs/gcs-reference.md §2.1): a 16-byte little-endian header followed by a JSON payload.
 //!
 //! ```text
 //!  0        4        8                16            Size
@@ -18,6 +18,11 @@ use crate::msgid::MessageId;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 16;
+
+/// [`HEADER_LEN`] as the type of the header's `size` field.
+// cast: HEADER_LEN is the constant 16, which fits in u32.
+#[allow(clippy::cast_possible_truncation)]
+const HEADER_LEN_U32: u32 = HEADER_LEN as u32;
 
 /// The largest frame hcsshim's host accepts from the guest (`0x10000`, header included). A larger
 /// one is a fatal bridge error on the host, so the guest must never send one.
@@ -66,7 +71,7 @@ impl Header {
 
     /// Payload length (`size - 16`), or an error if `size` is outside `16..=max`.
     pub fn payload_len(&self, max: u32) -> Result<usize, FrameError> {
-        if self.size < HEADER_LEN as u32 {
+        if self.size < HEADER_LEN_U32 {
             return Err(FrameError::TooSmall { size: self.size });
         }
         if self.size > max {
@@ -148,7 +153,7 @@ impl FrameDecoder {
     /// raised to 16.
     pub fn new(max: u32) -> Self {
         Self {
-            max: max.max(HEADER_LEN as u32),
+            max: max.max(HEADER_LEN_U32),
             buf: Vec::new(),
             error: None,
             skip_up_to: 0,

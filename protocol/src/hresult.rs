@@ -1,4 +1,4 @@
-//! HRESULTs (GCS-PROTOCOL §5): the `Result` field of every response, a **signed** 32-bit number on
+//! HRESULTs (docs/gcs-reference.md §5): the `Result` field of every response, a **signed** 32-bit number on
 //! the wire. Sending an unsigned value above 2³¹ breaks the host's decoder and kills the bridge, so
 //! the type stores an `i32` and serialises as one.
 
@@ -57,12 +57,12 @@ impl HResult {
 
     /// Reinterprets the hex form (`0x8000_4005`) as the signed wire value.
     pub const fn from_u32(v: u32) -> Self {
-        Self(v as i32)
+        Self(v.cast_signed())
     }
 
     /// The hex form.
     pub const fn as_u32(self) -> u32 {
-        self.0 as u32
+        self.0.cast_unsigned()
     }
 
     /// True for `S_OK` and other success codes (the sign bit clear).

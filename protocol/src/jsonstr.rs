@@ -1,4 +1,4 @@
-//! Double-encoded fields (GCS-PROTOCOL §4.3): a JSON document carried as a JSON *string*
+//! Double-encoded fields (docs/gcs-reference.md §4.3): a JSON document carried as a JSON *string*
 //! (`ContainerConfig`, `ProcessParameters`, `Query`, `Properties`). [`JsonString`] hides the
 //! second encoding so callers see typed values; the inner document is decoded with Go's rules.
 

@@ -1,4 +1,4 @@
-//! Message identifiers: the 32-bit `Type` field of the frame header (GCS-PROTOCOL §2.3, §2.4).
+//! Message identifiers: the 32-bit `Type` field of the frame header (docs/gcs-reference.md §2.3, §2.4).
 //!
 //! ```text
 //!  31..28   27..20      19..8        7..0
@@ -215,7 +215,10 @@ mod tests {
             assert_eq!(req.category(), Category::ComputeSystem);
             assert_eq!(usize::from(req.id()), i + 1);
             assert_eq!(req.version(), 1);
-            assert_eq!(*req, MessageId::from_parts(1, 1, (i + 1) as u16, 1));
+            assert_eq!(
+                *req,
+                MessageId::from_parts(1, 1, u16::try_from(i + 1).unwrap(), 1)
+            );
         }
         let mss = MessageId::MODIFY_SERVICE_SETTINGS;
         assert_eq!((mss.category(), mss.id()), (Category::ComputeService, 1));

@@ -268,6 +268,7 @@ fn resource() -> impl Strategy<Value = Resource> {
                     .collect(),
                 policy_based_routing: b[1],
                 enable_low_metric: b[2],
+                ..NetworkAdapter::default()
             })
         });
     let constraints = option::of(any::<i64>()).prop_map(|limit| {

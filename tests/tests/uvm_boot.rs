@@ -21,7 +21,7 @@ async fn uvm_boots_negotiates_logs_seeds_redials_and_powers_off_cleanly() {
     init_logging();
     let session = Session::boot(&boot_options()).await.expect("boot and negotiate");
 
-    // 1. Handshake: exactly the Linux capabilities of GCS-PROTOCOL §3.1.
+    // 1. Handshake: exactly the Linux capabilities of docs/gcs-reference.md §3.1.
     assert_eq!(session.capabilities, GcsCapabilities::linux());
     let t = session.timings;
     assert!(

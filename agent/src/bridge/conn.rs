@@ -446,7 +446,7 @@ mod tests {
         let big = vec![b' '; DEFAULT_MAX_HOST_TO_GUEST as usize];
         let mut oversized = rgcs_protocol::frame::Header {
             message: MessageId::MODIFY_SETTINGS,
-            size: 16 + big.len() as u32,
+            size: 16 + u32::try_from(big.len()).unwrap(),
             id: 7,
         }
         .to_bytes()

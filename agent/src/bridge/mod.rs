@@ -1,6 +1,6 @@
 //! The bridge: dial the host, serve the connection, dial again when it drops.
 //!
-//! The guest is always the client (GCS-PROTOCOL §1.1). Like hcsshim HEAD, a dropped bridge is
+//! The guest is always the client (docs/gcs-reference.md §1.1). Like hcsshim HEAD, a dropped bridge is
 //! re-dialled every 100 ms and the protocol must be negotiated again on the new connection.
 
 pub mod conn;

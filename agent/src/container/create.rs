@@ -1,4 +1,4 @@
-//! Create (GCS-PROTOCOL §4.5, §6.6): adjust the spec, write the bundle, build the container in
+//! Create (docs/gcs-reference.md §4.5, §6.6): adjust the spec, write the bundle, build the container in
 //! the zygote (init blocked until Start), and watch init's exit.
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! libcgroups statistics (v1 or v2) → containerd's cgroup-v1 `Metrics` JSON shape
-//! (`LCOWMetrics`, GCS-PROTOCOL §4.12). `blkio`, `rdma` and `network` stay empty, as hcsshim
+//! (`LCOWMetrics`, docs/gcs-reference.md §4.12). `blkio`, `rdma` and `network` stay empty, as hcsshim
 //! blanks them to keep the reply small. v2's `memory.stat` keys are renamed to their v1
 //! equivalents (hcsshim `cgroups2.Metrics` → `cgroups1.Metrics` conversion).
 

@@ -1,9 +1,9 @@
 //! Containers: Create, Shutdown, GetProperties, ContainerConstraints, DeleteContainerState
-//! (GCS-PROTOCOL §4.5, §4.11, §4.12, §4.14, §4.16). Processes (init start, exec, wait, signal)
+//! (docs/gcs-reference.md §4.5, §4.11, §4.12, §4.14, §4.16). Processes (init start, exec, wait, signal)
 //! live in `process`. This module never calls libcontainer itself: `runtime` does, in the zygote.
 //!
 //! * [`registry`] — the container table;
-//! * [`create`] — the Create flow;
+//! * [`create`](mod@create) — the Create flow;
 //! * [`spec`] / [`user`] — spec adjustments and user resolution (pure);
 //! * [`runtime`] — the zygote and its IPC (the only libcontainer user);
 //! * [`metrics`] — cgroup statistics in the `LCOWMetrics` shape.
@@ -45,7 +45,7 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, req: ContainerCreate) 
     let result = create::create(host, base, cfg).await;
     match result {
         Ok(()) => {
-            tracing::info!(container_id = %id, ms = t0.elapsed().as_millis() as u64, "container created");
+            tracing::info!(container_id = %id, ms = crate::logging::millis(t0.elapsed()), "container created");
             Outcome::body(&ContainerCreateResponse::default())
         }
         Err(e) => {
@@ -181,6 +181,8 @@ pub async fn delete_state(host: &Arc<Host>, base: &RequestBase) -> Result<Outcom
         let _ = std::fs::remove_file(c.bundle.join(f));
     }
     let _ = std::fs::remove_dir(&c.bundle);
+    drop(c);
+    crate::sys::heap::trim();
     result.map(|_| Outcome::empty())
 }
 

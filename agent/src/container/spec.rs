@@ -1,4 +1,4 @@
-//! What the guest changes in the host's OCI spec before handing it to libcontainer (GCS-PROTOCOL
+//! What the guest changes in the host's OCI spec before handing it to libcontainer (docs/gcs-reference.md
 //! §6.6, §6.7): the cgroup path, the `/etc/{hostname,hosts,resolv.conf}` files and their bind
 //! mounts, the rlimit annotation, the resolved user. Seccomp profiles pass through: libcontainer
 //! is built with `libseccomp` and enforces them.

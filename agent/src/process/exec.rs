@@ -134,7 +134,7 @@ async fn exec_with_dir(
             prepared.take_child_fds(),
         )
         .await?;
-    tracing::info!(container_id = %c.id, pid = pid.get(), ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX), "exec started");
+    tracing::info!(container_id = %c.id, pid = pid.get(), ms = crate::logging::millis(t0.elapsed()), "exec started");
     let watch = host.reaper.watch(pid, spawned_at);
     let attached = match prepared.attach().await {
         Ok(a) => a,

@@ -1,4 +1,4 @@
-//! Processes: ExecuteProcess, WaitForProcess, SignalProcess, ResizeConsole (GCS-PROTOCOL
+//! Processes: ExecuteProcess, WaitForProcess, SignalProcess, ResizeConsole (docs/gcs-reference.md
 //! §4.7–§4.10), for containers and for the UVM itself (null container ID). Unlike hcsshim, Signal
 //! and Resize also work for UVM processes.
 //!
@@ -43,7 +43,7 @@ pub async fn execute(
             Some(p) => exec::exec_in(host, &c, &req, p).await?,
         }
     };
-    tracing::info!(container_id = %base.container_id, pid, ms = t0.elapsed().as_millis() as u64, "process started");
+    tracing::info!(container_id = %base.container_id, pid, ms = crate::logging::millis(t0.elapsed()), "process started");
     Outcome::body(&ExecuteProcessResponse { process_id: pid })
 }
 

@@ -1,4 +1,4 @@
-//! Stdio over the host's ports (GCS-PROTOCOL §1.3, §6.9): dial the ports named in the request
+//! Stdio over the host's ports (docs/gcs-reference.md §1.3, §6.9): dial the ports named in the request
 //! (vsock, or `PREFIX_<port>` Unix sockets with `--stdio-unix-prefix` for tests: the naming
 //! vhost-device-vsock gives guest ports on the host, so one host client serves both), and relay between them
 //! and the agent's ends of the process's pipes or pty.
@@ -7,7 +7,7 @@
 //!   (Create, attached at Start) and an exec: pipes, or a console socket on which libcontainer
 //!   hands over the pty master;
 //! * stdout/stderr end with a **full close** of the stream after the last byte (vhost-device-vsock
-//!   does not pass a half-close; uvm/REPORT.md §9).
+//!   does not pass a half-close; docs/uvm-notes.md §9).
 //! * stdin EOF closes the pipe's write end, so the process sees EOF.
 //! * After the process exits, [`Relays::finish`] stops the stdin copy and lets the output copies
 //!   drain until EOF; if a background process keeps the pipe open and nothing moves for

@@ -1,4 +1,4 @@
-//! Process records and the WaitForProcess rules (GCS-PROTOCOL §4.8): any number of concurrent
+//! Process records and the WaitForProcess rules (docs/gcs-reference.md §4.8): any number of concurrent
 //! waits each get the exit code; the record is deleted once one wait has delivered it, and later
 //! waits answer "not found"; a timeout leaves the record in place.
 

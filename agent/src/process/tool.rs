@@ -20,7 +20,7 @@ const MAX_OUTPUT: usize = 16 * 1024;
 pub struct ToolOutput {
     /// Its exit status.
     pub status: ExitStatus,
-    /// stdout and stderr, interleaved, at most [`MAX_OUTPUT`] bytes (the end).
+    /// stdout and stderr, interleaved, at most 16 KiB (the end).
     pub output: String,
 }
 

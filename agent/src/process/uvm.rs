@@ -1,4 +1,4 @@
-//! Processes run in the UVM itself (null container ID, GCS-PROTOCOL §6.11): root, the agent's
+//! Processes run in the UVM itself (null container ID, docs/gcs-reference.md §6.11): root, the agent's
 //! namespaces and cgroup, the program looked up in the agent's own PATH, exactly the given
 //! environment, `CommandArgs` preferred over `CommandLine` (shell word rules), the sockets handed
 //! to the child as its stdio, or a pty with `EmulateConsole`. A signalled UVM process reports

@@ -1,4 +1,4 @@
-//! Device-mapper naming and table arithmetic for VPMem multi-mapping (GCS-PROTOCOL §6.3): a
+//! Device-mapper naming and table arithmetic for VPMem multi-mapping (docs/gcs-reference.md §6.3): a
 //! zero-based dm-linear device over a byte range of `/dev/pmem<N>`. The ioctls are in
 //! [`crate::sys::dm`].
 

@@ -1,4 +1,4 @@
-//! UVM-level ModifySettings (GCS-PROTOCOL §4.13, §4.14, §6.2–§6.5): SCSI disks, VPMem layers,
+//! UVM-level ModifySettings (docs/gcs-reference.md §4.13, §4.14, §6.2–§6.5): SCSI disks, VPMem layers,
 //! Plan 9 shares and overlay root file systems, mounted under the roots of [`paths`] and recorded
 //! with reference counts in a [`mount::MountTable`].
 //!

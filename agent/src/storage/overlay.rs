@@ -1,4 +1,4 @@
-//! Overlay root file systems (GCS-PROTOCOL §6.5): `lowerdir` is the layer paths in the order
+//! Overlay root file systems (docs/gcs-reference.md §6.5): `lowerdir` is the layer paths in the order
 //! received (entry 0 top-most) joined with `:`; with `ScratchPath`, `upper` and `work` under it;
 //! without, a read-only overlay. Each layer the agent mounted is held until the overlay goes.
 

@@ -1,4 +1,4 @@
-//! Plan 9 shares (GCS-PROTOCOL §6.4): 9P2000.L over a vsock connection to the host's server
+//! Plan 9 shares (docs/gcs-reference.md §6.4): 9P2000.L over a vsock connection to the host's server
 //! (port 564), mounted with `trans=fd`; the kernel keeps its own reference to the socket, so the
 //! agent closes its descriptor after the mount.
 

@@ -1,4 +1,4 @@
-//! VPMem layers (GCS-PROTOCOL §6.3): `/dev/pmem<N>`, always read-only ext4 (`MS_RDONLY`,
+//! VPMem layers (docs/gcs-reference.md §6.3): `/dev/pmem<N>`, always read-only ext4 (`MS_RDONLY`,
 //! `noload`), through a dm-linear device when `MappingInfo` packs several layers in one device.
 
 use std::time::Instant;

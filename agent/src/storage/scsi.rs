@@ -13,7 +13,7 @@ use rgcs_protocol::message::MappedVirtualDisk;
 use super::mount::{self, Kind};
 use super::{propagation_flags, Storage, StorageError};
 
-/// VMBus instance GUIDs of the 4 SCSI controllers HCS adds (GCS-PROTOCOL §6.2).
+/// VMBus instance GUIDs of the 4 SCSI controllers HCS adds (docs/gcs-reference.md §6.2).
 pub const HYPERV_CONTROLLERS: [&str; 4] = [
     "df6d0690-79e5-55b6-a5ec-c1e2f77f580a",
     "0110f83b-de10-5172-a266-78bca56bf50a",

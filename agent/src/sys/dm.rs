@@ -1,6 +1,6 @@
 //! Device-mapper through its ioctls on `/dev/mapper/control` (`linux/dm-ioctl.h`, interface
 //! version 4): create a one-target `linear` device, and remove a device. Used for VPMem
-//! multi-mapping (GCS-PROTOCOL §6.3); the layout follows hcsshim's `devicemapper` package.
+//! multi-mapping (docs/gcs-reference.md §6.3); the layout follows hcsshim's `devicemapper` package.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -3,6 +3,7 @@
 
 pub mod dm;
 pub mod fdstream;
+pub mod heap;
 pub mod inherited;
 pub mod pid;
 pub mod pty;

@@ -114,8 +114,8 @@ unsafe fn child(
         if s.controlling_tty && libc::setsid() < 0 {
             fail(err);
         }
-        for (i, fd) in high.iter().enumerate() {
-            if libc::dup2(*fd, i as RawFd) < 0 {
+        for (target, fd) in (0..).zip(high.iter()) {
+            if libc::dup2(*fd, target) < 0 {
                 fail(err);
             }
         }

@@ -23,7 +23,7 @@ use tokio::net::UnixStream;
 use crate::vsock::port_path;
 use crate::{BridgeClient, ContainerClient};
 
-/// A fake guest: ExecuteProcess dials the ports, writes "out:<args>" on stdout, echoes stdin
+/// A fake guest: ExecuteProcess dials the ports, writes `out:<args>` on stdout, echoes stdin
 /// after it, and closes; WaitForProcess answers 3; Create of "dup" fails; others succeed.
 pub async fn fake_guest(stream: UnixStream, prefix: PathBuf) {
     let (mut rd, mut wr) = tokio::io::split(stream);

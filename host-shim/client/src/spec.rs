@@ -1,5 +1,5 @@
 //! What the host sends to create a container and to start processes in it, built the way
-//! hcsshim's host builds it (GCS-PROTOCOL §4.5, §4.7).
+//! hcsshim's host builds it (docs/gcs-reference.md §4.5, §4.7).
 //!
 //! [`ContainerSpec`] produces the `ContainerConfig` of a standalone container: schema 2.1,
 //! `OciBundlePath` `/run/gcs/c/<id>`, `ScratchDirPath` `/run/gcs/c/<id>/scratch/<id>`, and an

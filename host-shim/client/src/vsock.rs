@@ -1,6 +1,6 @@
 //! Host side of guest vsock through vhost-device-vsock: a guest `connect(CID 2, port P)`
 //! arrives as a Unix connection on `<prefix>_P`, where the host must already listen (else the
-//! guest's connect times out after 2 s, REPORT §4). Host→guest connections go to `<prefix>`
+//! guest's connect times out after 2 s, docs/uvm-notes.md §4). Host→guest connections go to `<prefix>`
 //! with a `CONNECT P\n` / `OK P\n` handshake.
 
 use std::io;

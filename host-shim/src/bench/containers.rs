@@ -275,7 +275,7 @@ pub async fn containers(opts: &BootOptions, runs: usize) -> Result<ContainersRep
     let _ = client.bridge().shutdown_uvm(true).await;
     let _ = uvm.wait(crate::session::POWER_OFF_TIMEOUT).await;
     uvm.shutdown().await;
-    let (rows, ratios, missing, errors) = result?;
+    let out = result?;
     Ok(ContainersReport {
         benchmark: "containers",
         accel,
@@ -283,21 +283,66 @@ pub async fn containers(opts: &BootOptions, runs: usize) -> Result<ContainersRep
         cpus: opts.cpus,
         runs,
         method: METHOD,
-        rows,
-        ratios,
-        missing_runtimes: missing,
-        errors,
+        rows: out.rows,
+        ratios: out.ratios,
+        missing_runtimes: out.missing,
+        errors: out.errors,
     })
 }
 
-type Outcome = (Vec<Row>, Vec<Ratio>, Vec<String>, Vec<String>);
+/// What the runs produced.
+#[derive(Debug, Default)]
+struct Outcome {
+    rows: Vec<Row>,
+    ratios: Vec<Ratio>,
+    /// Runtimes not found in the initrd.
+    missing: Vec<String>,
+    /// Series that failed (reported, not fatal).
+    errors: Vec<String>,
+}
+
+/// rgcs's own series: the lifecycle and, if it works, exec.
+struct RgcsSeries {
+    life: Summary,
+    exec: Option<Summary>,
+}
 
 async fn run(c: &ContainerClient, runs: usize) -> Result<Outcome, ContainersBenchError> {
-    let mut errors = Vec::new();
     prepare_busybox_rootfs(c, BUSYBOX_ROOTFS)
         .await
         .map_err(shell("busybox rootfs"))?;
-    // Warm-up (page cache, first cgroup creation), not measured.
+    let mut out = Outcome::default();
+    let rgcs = rgcs_series(c, runs, &mut out).await?;
+    write_runtime_bundles(c).await?;
+    let baseline_out = uvm_sh_ok(c, &loop_script(runs, ":"))
+        .await
+        .map_err(shell("loop baseline"))?;
+    let baseline = parse_marks(&baseline_out).map_err(|detail| ContainersBenchError::Parse {
+        runtime: "baseline".into(),
+        detail,
+    })?;
+    let base = median(&baseline);
+    out.rows
+        .push(row("in-guest loop overhead (subtracted below)", baseline)?);
+    for (name, path) in RUNTIMES {
+        let present = uvm_sh(c, &format!("[ -x {path} ]"), b"")
+            .await
+            .map_err(shell(format!("look for {name}")))?;
+        if present.code != 0 {
+            out.missing.push(name.to_owned());
+            continue;
+        }
+        runtime_series(c, runs, name, path, base, &rgcs, &mut out).await?;
+    }
+    Ok(out)
+}
+
+/// rgcs's lifecycle and exec series (after two unmeasured warm-up lifecycles).
+async fn rgcs_series(
+    c: &ContainerClient,
+    runs: usize,
+    out: &mut Outcome,
+) -> Result<RgcsSeries, ContainersBenchError> {
     for w in 0..2 {
         rgcs_lifecycle(c, &format!("bench-warm-{w}")).await?;
     }
@@ -310,24 +355,25 @@ async fn run(c: &ContainerClient, runs: usize) -> Result<Outcome, ContainersBenc
         Err(e) => {
             let text = rgcs_protocol::error_chain(&e);
             tracing::warn!(error = %text, "rgcs exec series failed");
-            errors.push(format!("rgcs exec: {text}"));
+            out.errors.push(format!("rgcs exec: {text}"));
             None
         }
     };
-
-    let mut rows = vec![row(
-        "rgcs lifecycle (create+start+wait+delete true)",
-        life.clone(),
-    )?];
-    if let Some(exec) = &exec {
-        rows.push(row("rgcs exec true (exec+wait)", exec.clone())?);
-    }
-    let mut ratios = Vec::new();
-    let mut missing = Vec::new();
     let life_s = Summary::of(&life).ok_or(BenchError::NoSamples("rgcs"))?;
+    out.rows
+        .push(row("rgcs lifecycle (create+start+wait+delete true)", life)?);
     let exec_s = exec.as_deref().and_then(Summary::of);
+    if let Some(exec) = exec {
+        out.rows.push(row("rgcs exec true (exec+wait)", exec)?);
+    }
+    Ok(RgcsSeries {
+        life: life_s,
+        exec: exec_s,
+    })
+}
 
-    // The runtimes, in the same UVM.
+/// The `true` and `sleep` bundles the runtimes run, written in the UVM.
+async fn write_runtime_bundles(c: &ContainerClient) -> Result<(), ContainersBenchError> {
     let spec_true = ContainerSpec::new("rt", BUSYBOX_ROOTFS, ProcessSpec::new(["/bin/true"]))
         .oci_spec()
         .map_err(|e| call("runtime spec")(e.into()))?;
@@ -345,85 +391,80 @@ async fn run(c: &ContainerClient, runs: usize) -> Result<Outcome, ContainersBenc
     uvm_sh(c, "cat > /run/bench/sleep/config.json", &to_json(&spec_sleep))
         .await
         .map_err(shell("runtime bundle"))?;
-    let baseline_out = uvm_sh_ok(c, &loop_script(runs, ":"))
+    Ok(())
+}
+
+/// Samples of a loop's marks, less the loop's own overhead `base`; `skip` warm-up samples.
+fn net_samples(out: &str, name: &str, skip: usize, base: f64) -> Result<Vec<f64>, ContainersBenchError> {
+    Ok(parse_marks(out)
+        .map_err(|detail| ContainersBenchError::Parse {
+            runtime: name.into(),
+            detail,
+        })?
+        .into_iter()
+        .skip(skip)
+        .map(|v| (v - base).max(0.0))
+        .collect())
+}
+
+/// One runtime's lifecycle and exec series in the guest, and rgcs's ratios to them.
+async fn runtime_series(
+    c: &ContainerClient,
+    runs: usize,
+    name: &str,
+    path: &str,
+    base: f64,
+    rgcs: &RgcsSeries,
+    out: &mut Outcome,
+) -> Result<(), ContainersBenchError> {
+    let run_cmd = format!("{path} run --no-pivot --bundle /run/bench/true bench-{name}-$i");
+    // Warm-up then the measured loop.
+    uvm_sh_ok(c, &loop_script(2, &run_cmd.replace("bench-", "warm-")))
         .await
-        .map_err(shell("loop baseline"))?;
-    let baseline = parse_marks(&baseline_out).map_err(|detail| ContainersBenchError::Parse {
-        runtime: "baseline".into(),
-        detail,
-    })?;
-    let base = median(&baseline);
-    rows.push(row("in-guest loop overhead (subtracted below)", baseline)?);
-    for (name, path) in RUNTIMES {
-        let present = uvm_sh(c, &format!("[ -x {path} ]"), b"")
-            .await
-            .map_err(shell(format!("look for {name}")))?;
-        if present.code != 0 {
-            missing.push(name.to_owned());
-            continue;
-        }
-        let run_cmd = format!("{path} run --no-pivot --bundle /run/bench/true bench-{name}-$i");
-        // Warm-up then the measured loop.
-        uvm_sh_ok(c, &loop_script(2, &run_cmd.replace("bench-", "warm-")))
-            .await
-            .map_err(shell(format!("{name} warm-up")))?;
-        let out = uvm_sh_ok(c, &loop_script(runs, &run_cmd))
-            .await
-            .map_err(shell(format!("{name} lifecycle loop")))?;
-        let samples: Vec<f64> = parse_marks(&out)
-            .map_err(|detail| ContainersBenchError::Parse {
-                runtime: name.into(),
-                detail,
-            })?
-            .into_iter()
-            .map(|v| (v - base).max(0.0))
-            .collect();
-        let s = Summary::of(&samples).ok_or(BenchError::NoSamples("runtime"))?;
-        rows.push(row(&format!("{name} lifecycle (run true, in guest)"), samples)?);
-        ratios.push(Ratio {
-            what: format!("lifecycle rgcs/{name}"),
-            median: life_s.median / s.median,
-            p90: life_s.p90 / s.p90,
-            target: Some(if name == "runc" { 0.5 } else { 1.0 }),
+        .map_err(shell(format!("{name} warm-up")))?;
+    let marks = uvm_sh_ok(c, &loop_script(runs, &run_cmd))
+        .await
+        .map_err(shell(format!("{name} lifecycle loop")))?;
+    let samples = net_samples(&marks, name, 0, base)?;
+    let s = Summary::of(&samples).ok_or(BenchError::NoSamples("runtime"))?;
+    out.rows
+        .push(row(&format!("{name} lifecycle (run true, in guest)"), samples)?);
+    out.ratios.push(Ratio {
+        what: format!("lifecycle rgcs/{name}"),
+        median: rgcs.life.median / s.median,
+        p90: rgcs.life.p90 / s.p90,
+        target: Some(if name == "runc" { 0.5 } else { 1.0 }),
+    });
+    // exec in a detached container.
+    let cid = format!("bench-{name}-exec");
+    let setup =
+        format!("{path} run -d --no-pivot --bundle /run/bench/sleep {cid} </dev/null >/dev/null 2>&1");
+    uvm_sh_ok(c, &setup)
+        .await
+        .map_err(shell(format!("{name} run -d")))?;
+    let exec_cmd = format!("{path} exec {cid} /bin/true");
+    let marks = uvm_sh_ok(c, &loop_script(runs + 2, &exec_cmd))
+        .await
+        .map_err(shell(format!("{name} exec loop")))?;
+    let _ = uvm_sh(
+        c,
+        &format!("{path} kill {cid} KILL; sleep 0.2; {path} delete -f {cid}"),
+        b"",
+    )
+    .await;
+    let samples = net_samples(&marks, name, 2, base)?;
+    let s = Summary::of(&samples).ok_or(BenchError::NoSamples("runtime"))?;
+    out.rows
+        .push(row(&format!("{name} exec true (in guest)"), samples)?);
+    if let Some(exec_s) = rgcs.exec {
+        out.ratios.push(Ratio {
+            what: format!("exec rgcs/{name}"),
+            median: exec_s.median / s.median,
+            p90: exec_s.p90 / s.p90,
+            target: None,
         });
-        // exec in a detached container.
-        let cid = format!("bench-{name}-exec");
-        let setup =
-            format!("{path} run -d --no-pivot --bundle /run/bench/sleep {cid} </dev/null >/dev/null 2>&1");
-        uvm_sh_ok(c, &setup)
-            .await
-            .map_err(shell(format!("{name} run -d")))?;
-        let exec_cmd = format!("{path} exec {cid} /bin/true");
-        let out = uvm_sh_ok(c, &loop_script(runs + 2, &exec_cmd))
-            .await
-            .map_err(shell(format!("{name} exec loop")))?;
-        let _ = uvm_sh(
-            c,
-            &format!("{path} kill {cid} KILL; sleep 0.2; {path} delete -f {cid}"),
-            b"",
-        )
-        .await;
-        let samples: Vec<f64> = parse_marks(&out)
-            .map_err(|detail| ContainersBenchError::Parse {
-                runtime: name.into(),
-                detail,
-            })?
-            .into_iter()
-            .skip(2)
-            .map(|v| (v - base).max(0.0))
-            .collect();
-        let s = Summary::of(&samples).ok_or(BenchError::NoSamples("runtime"))?;
-        rows.push(row(&format!("{name} exec true (in guest)"), samples)?);
-        if let Some(exec_s) = exec_s {
-            ratios.push(Ratio {
-                what: format!("exec rgcs/{name}"),
-                median: exec_s.median / s.median,
-                p90: exec_s.p90 / s.p90,
-                target: None,
-            });
-        }
     }
-    Ok((rows, ratios, missing, errors))
+    Ok(())
 }
 
 /// Renders the ratios as text lines.

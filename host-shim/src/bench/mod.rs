@@ -41,7 +41,8 @@ impl Summary {
         } else {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         };
-        let rank = ((0.9 * n as f64).ceil() as usize).clamp(1, n);
+        // Nearest rank: ⌈0.9·n⌉, in integers.
+        let rank = (9 * n).div_ceil(10).clamp(1, n);
         Some(Self {
             n,
             min: v[0],
@@ -192,6 +193,9 @@ mod tests {
         assert_eq!((s.n, s.min, s.median, s.p90, s.max), (5, 1.0, 3.0, 5.0, 5.0));
         let s = Summary::of(&[1.0, 2.0, 3.0, 4.0]).unwrap();
         assert_eq!(s.median, 2.5);
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(Summary::of(&ten).unwrap().p90, 9.0);
+        assert_eq!(Summary::of(&[7.0]).unwrap().p90, 7.0);
         assert!(Summary::of(&[]).is_none());
         assert!(Summary::of(&[f64::NAN]).is_none());
         let t = table(

@@ -23,7 +23,6 @@ const SHARE_MOUNT: &str = "/run/mounts/plan9/bench";
 const DISK_MOUNT: &str = "/run/mounts/scsi/bench";
 /// The LUN of the scratch disk.
 const LUN: u8 = 1;
-
 /// Errors of the in-UVM storage benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -131,7 +130,7 @@ pub async fn storage_in_uvm(
     let handle = qmp.hotplug_scsi_disk(&disk, LUN.into(), false).await?;
     let share = MappedDirectory {
         mount_path: SHARE_MOUNT.into(),
-        port: PORT as i32,
+        port: crate::p9::PORT_I32,
         share_name: "bench".into(),
         read_only: false,
     };

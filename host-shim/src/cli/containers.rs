@@ -23,7 +23,7 @@ pub struct ProcessOpts {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// User: uid[:gid] or a name from the container's /etc/passwd.
+    /// User: uid, uid:gid, or a name from the container's /etc/passwd.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Working directory inside the container.
@@ -148,7 +148,7 @@ async fn attach(dir: &Path, id: &str, answer: Answer, fds: Vec<std::os::fd::Owne
     let (answer, _) = waited.with_context(|| format!("cannot wait for process {pid} of container {id}"))?;
     let code = answer.exit_code.unwrap_or(u32::MAX);
     tracing::debug!(pid, code, "process exited");
-    Ok(ExitCode::from(if code > 255 { 255 } else { code as u8 }))
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
 }
 
 /// `start [-i] ID`: runs the init process attached; exits with its exit code.

@@ -19,7 +19,7 @@ use crate::VmArgs;
 pub struct RunArgs {
     #[command(flatten)]
     vm: VmArgs,
-    /// Share a host directory: HOSTDIR:CTRDIR[:ro] (Plan 9 over vsock). Repeatable.
+    /// Share a host directory: HOSTDIR:CTRDIR, read-only with a :ro suffix (Plan 9 over vsock). Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:CTRDIR[:ro]")]
     volumes: Vec<String>,
     /// Allocate a terminal (and attach stdin).

@@ -5,10 +5,21 @@ use super::*;
 
 type Exit = Option<Result<u32, String>>;
 
+/// What the server knows of a container it created.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tracked {
+    /// The init's PID, once started.
+    init: Option<u32>,
+    /// Whether the init has a pty.
+    tty: bool,
+}
+
+/// A handler's answer: the JSON line and the descriptors that travel with it.
+type Reply = Result<(Answer, Vec<OwnedFd>), String>;
+
 #[derive(Debug, Default)]
 struct ServerState {
-    /// Container → (init PID once started, init has a tty).
-    containers: HashMap<String, (Option<u32>, bool)>,
+    containers: HashMap<String, Tracked>,
     /// (container, PID) → exit code once known.
     exits: HashMap<(String, u32), watch::Receiver<Exit>>,
     /// Whether the busybox rootfs exists.
@@ -140,184 +151,211 @@ impl ControlServer {
         ))
     }
 
-    async fn handle_inner(&self, req: Request) -> Result<(Answer, Vec<OwnedFd>), String> {
-        let c = &self.client;
-        let e = |e: rgcs_client::ContainerError| error_chain(&e);
+    async fn handle_inner(&self, req: Request) -> Reply {
         match req {
             Request::Create {
                 id,
                 rootfs,
                 process,
                 memory_mib,
-            } => {
-                let rootfs = match rootfs {
-                    Some(r) => r,
-                    None => {
-                        let ready = self.state.lock().map(|s| s.rootfs_ready).unwrap_or(false);
-                        if !ready {
-                            prepare_busybox_rootfs(c, BUSYBOX_ROOTFS).await.map_err(|e| {
-                                format!("cannot prepare the busybox rootfs: {}", error_chain(&e))
-                            })?;
-                            if let Ok(mut s) = self.state.lock() {
-                                s.rootfs_ready = true;
-                            }
-                        }
-                        BUSYBOX_ROOTFS.to_owned()
-                    }
-                };
-                let mut spec = ContainerSpec::new(id.clone(), rootfs, process.to_spec()?);
-                if let Some(mib) = memory_mib {
-                    spec = spec.memory_limit(mib << 20);
-                }
-                let config = spec.config().map_err(|e| e.to_string())?;
-                c.create_container(&id, config).await.map_err(e)?;
-                c.start(&id).await.map_err(e)?;
-                if let Ok(mut s) = self.state.lock() {
-                    s.containers.insert(id, (None, process.tty));
-                }
-                Ok((Answer::ok(), Vec::new()))
-            }
-            Request::Start { id, stdin } => {
-                let tty = self
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.containers.get(&id).map(|c| c.1))
-                    .unwrap_or(false);
-                let pipes = Pipes {
-                    stdin,
-                    stdout: true,
-                    stderr: !tty,
-                };
-                let (pid, stdio) = c.execute_process(&id, init_process(pipes)).await.map_err(e)?;
-                self.track(&id, pid);
-                if let Ok(mut s) = self.state.lock() {
-                    s.containers.entry(id).or_insert((None, tty)).0 = Some(pid);
-                }
-                Self::stdio_answer(pid, tty, stdio)
-            }
-            Request::Exec { id, process } => {
-                let spec = process.to_spec()?;
-                let pipes = Pipes {
-                    stdin: process.stdin,
-                    stdout: true,
-                    stderr: true,
-                };
-                let (pid, stdio) = c
-                    .execute_process(&id, exec_process(&spec, pipes))
-                    .await
-                    .map_err(e)?;
-                self.track(&id, pid);
-                Self::stdio_answer(pid, process.tty, stdio)
-            }
-            Request::Wait { id, pid } => {
-                let rx = self
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.exits.get(&(id.clone(), pid)).cloned());
-                let code = match rx {
-                    Some(mut rx) => {
-                        let v = rx
-                            .wait_for(Option::is_some)
-                            .await
-                            .map_err(|_| "the waiter stopped".to_owned())?
-                            .clone();
-                        v.unwrap_or_else(|| Err("no exit code".into()))?
-                    }
-                    None => c.wait_for_process(&id, pid, None).await.map_err(e)?,
-                };
-                Ok((
-                    Answer {
-                        exit_code: Some(code),
-                        ..Answer::ok()
-                    },
-                    Vec::new(),
-                ))
-            }
+            } => self.create(id, rootfs, &process, memory_mib).await,
+            Request::Start { id, stdin } => self.start_init(id, stdin).await,
+            Request::Exec { id, process } => self.exec(&id, &process).await,
+            Request::Wait { id, pid } => self.wait(&id, pid).await,
             Request::Resize { id, pid, rows, cols } => {
-                c.resize_console(&id, pid, rows, cols).await.map_err(e)?;
-                Ok((Answer::ok(), Vec::new()))
+                self.client
+                    .resize_console(&id, pid, rows, cols)
+                    .await
+                    .map_err(chain)?;
+                ok()
             }
             Request::Kill { id, pid, signal } => {
                 let pid = match pid {
                     Some(p) => p,
-                    None => self
-                        .state
-                        .lock()
-                        .ok()
-                        .and_then(|s| s.containers.get(&id).and_then(|c| c.0))
-                        .ok_or_else(|| {
-                            format!(
-                                "container {id} has no started init process known to this server; give a PID"
-                            )
-                        })?,
+                    None => self.tracked(&id).init.ok_or_else(|| {
+                        format!("container {id} has no started init process known to this server; give a PID")
+                    })?,
                 };
-                c.signal_process(&id, pid, signal).await.map_err(e)?;
-                Ok((Answer::ok(), Vec::new()))
+                self.client
+                    .signal_process(&id, pid, signal)
+                    .await
+                    .map_err(chain)?;
+                ok()
             }
             Request::Ps { id } => {
-                let p = c
+                let p = self
+                    .client
                     .get_properties(&id, &[PropertyType::ProcessList])
                     .await
-                    .map_err(e)?;
+                    .map_err(chain)?;
                 let pids: Vec<u32> = p.process_list.iter().map(|d| d.process_id).collect();
-                Ok((
-                    Answer {
-                        data: Some(serde_json::json!(pids)),
-                        ..Answer::ok()
-                    },
-                    Vec::new(),
-                ))
+                data(serde_json::json!(pids))
             }
             Request::Stats { id } => {
-                let p = c
+                let p = self
+                    .client
                     .get_properties(&id, &[PropertyType::Statistics])
                     .await
-                    .map_err(e)?;
-                let data = serde_json::to_value(&p.lcow_metrics).map_err(|e| e.to_string())?;
-                Ok((
-                    Answer {
-                        data: Some(data),
-                        ..Answer::ok()
-                    },
-                    Vec::new(),
-                ))
+                    .map_err(chain)?;
+                data(serde_json::to_value(&p.lcow_metrics).map_err(|e| e.to_string())?)
             }
-            Request::Rm { id, force } => {
-                let init = self
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.containers.get(&id).and_then(|c| c.0));
-                if force {
-                    if let Err(err) = c.shutdown_container(&id, ShutdownKind::Forced).await {
-                        tracing::debug!(error = %error_chain(&err), "forced shutdown before rm");
-                    }
-                    let rx =
-                        init.and_then(|pid| self.state.lock().ok()?.exits.get(&(id.clone(), pid)).cloned());
-                    if let Some(mut rx) = rx {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some)).await;
-                    }
-                }
-                c.delete_container_state(&id).await.map_err(e)?;
-                if let Ok(mut s) = self.state.lock() {
-                    s.containers.remove(&id);
-                    s.exits.retain(|(cid, _), _| *cid != id);
-                }
-                Ok((Answer::ok(), Vec::new()))
-            }
-            Request::Stacks => {
-                let s = c.dump_stacks().await.map_err(e)?;
-                Ok((
-                    Answer {
-                        data: Some(serde_json::Value::String(s)),
-                        ..Answer::ok()
-                    },
-                    Vec::new(),
-                ))
-            }
+            Request::Rm { id, force } => self.remove(&id, force).await,
+            Request::Stacks => data(serde_json::Value::String(
+                self.client.dump_stacks().await.map_err(chain)?,
+            )),
         }
     }
+
+    fn tracked(&self, id: &str) -> Tracked {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.containers.get(id).copied())
+            .unwrap_or_default()
+    }
+
+    /// The busybox rootfs, prepared in the UVM on first use.
+    async fn default_rootfs(&self) -> Result<String, String> {
+        let ready = self.state.lock().map(|s| s.rootfs_ready).unwrap_or(false);
+        if !ready {
+            prepare_busybox_rootfs(&self.client, BUSYBOX_ROOTFS)
+                .await
+                .map_err(|e| format!("cannot prepare the busybox rootfs: {}", error_chain(&e)))?;
+            if let Ok(mut s) = self.state.lock() {
+                s.rootfs_ready = true;
+            }
+        }
+        Ok(BUSYBOX_ROOTFS.to_owned())
+    }
+
+    async fn create(
+        &self,
+        id: String,
+        rootfs: Option<String>,
+        process: &ProcessArgs,
+        memory_mib: Option<u64>,
+    ) -> Reply {
+        let rootfs = match rootfs {
+            Some(r) => r,
+            None => self.default_rootfs().await?,
+        };
+        let mut spec = ContainerSpec::new(id.clone(), rootfs, process.to_spec()?);
+        if let Some(mib) = memory_mib {
+            spec = spec.memory_limit(mib << 20);
+        }
+        let config = spec.config().map_err(|e| e.to_string())?;
+        self.client.create_container(&id, config).await.map_err(chain)?;
+        self.client.start(&id).await.map_err(chain)?;
+        if let Ok(mut s) = self.state.lock() {
+            s.containers.insert(
+                id,
+                Tracked {
+                    init: None,
+                    tty: process.tty,
+                },
+            );
+        }
+        ok()
+    }
+
+    async fn start_init(&self, id: String, stdin: bool) -> Reply {
+        let tty = self.tracked(&id).tty;
+        let pipes = Pipes {
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        let (pid, stdio) = self
+            .client
+            .execute_process(&id, init_process(pipes))
+            .await
+            .map_err(chain)?;
+        self.track(&id, pid);
+        if let Ok(mut s) = self.state.lock() {
+            s.containers.entry(id).or_insert(Tracked { init: None, tty }).init = Some(pid);
+        }
+        Self::stdio_answer(pid, tty, stdio)
+    }
+
+    async fn exec(&self, id: &str, process: &ProcessArgs) -> Reply {
+        let spec = process.to_spec()?;
+        let pipes = Pipes {
+            stdin: process.stdin,
+            stdout: true,
+            stderr: true,
+        };
+        let (pid, stdio) = self
+            .client
+            .execute_process(id, exec_process(&spec, pipes))
+            .await
+            .map_err(chain)?;
+        self.track(id, pid);
+        Self::stdio_answer(pid, process.tty, stdio)
+    }
+
+    /// The exit code of a process: from this server's own waiter if it started it.
+    async fn wait(&self, id: &str, pid: u32) -> Reply {
+        let rx = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.exits.get(&(id.to_owned(), pid)).cloned());
+        let code = match rx {
+            Some(mut rx) => {
+                let v = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| "the waiter stopped".to_owned())?
+                    .clone();
+                v.unwrap_or_else(|| Err("no exit code".into()))?
+            }
+            None => self.client.wait_for_process(id, pid, None).await.map_err(chain)?,
+        };
+        Ok((
+            Answer {
+                exit_code: Some(code),
+                ..Answer::ok()
+            },
+            Vec::new(),
+        ))
+    }
+
+    /// DeleteContainerState; with `force`, a forced shutdown first and a bounded wait for the
+    /// init's exit.
+    async fn remove(&self, id: &str, force: bool) -> Reply {
+        if force {
+            if let Err(err) = self.client.shutdown_container(id, ShutdownKind::Forced).await {
+                tracing::debug!(error = %error_chain(&err), "forced shutdown before rm");
+            }
+            let init = self.tracked(id).init;
+            let rx = init.and_then(|pid| self.state.lock().ok()?.exits.get(&(id.to_owned(), pid)).cloned());
+            if let Some(mut rx) = rx {
+                let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some)).await;
+            }
+        }
+        self.client.delete_container_state(id).await.map_err(chain)?;
+        if let Ok(mut s) = self.state.lock() {
+            s.containers.remove(id);
+            s.exits.retain(|(cid, _), _| cid != id);
+        }
+        ok()
+    }
+}
+
+fn chain(e: rgcs_client::ContainerError) -> String {
+    error_chain(&e)
+}
+
+fn ok() -> Reply {
+    Ok((Answer::ok(), Vec::new()))
+}
+
+fn data(v: serde_json::Value) -> Reply {
+    Ok((
+        Answer {
+            data: Some(v),
+            ..Answer::ok()
+        },
+        Vec::new(),
+    ))
 }

@@ -313,11 +313,13 @@ impl Extractor<'_> {
 
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<Meta, ExtractError> {
         let h = entry.header();
+        // A value out of range of its type is as invalid as an unparsable one: both get the
+        // default (and a PAX record with one is ignored, as GNU tar does).
         let mut meta = Meta {
-            uid: h.uid().unwrap_or(0) as u32,
-            gid: h.gid().unwrap_or(0) as u32,
+            uid: h.uid().ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+            gid: h.gid().ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
             mode: h.mode().unwrap_or(0o644) & 0o7777,
-            mtime: h.mtime().unwrap_or(0) as i64,
+            mtime: h.mtime().ok().and_then(|v| i64::try_from(v).ok()).unwrap_or(0),
             xattrs: Vec::new(),
         };
         if let Some(pax) = entry.pax_extensions().map_err(|e| self.read_err(e))? {
@@ -330,8 +332,8 @@ impl Extractor<'_> {
                         .and_then(|v| v.split('.').next()?.parse::<i64>().ok())
                 };
                 match key {
-                    "uid" => meta.uid = num().unwrap_or(meta.uid as i64) as u32,
-                    "gid" => meta.gid = num().unwrap_or(meta.gid as i64) as u32,
+                    "uid" => meta.uid = num().and_then(|v| u32::try_from(v).ok()).unwrap_or(meta.uid),
+                    "gid" => meta.gid = num().and_then(|v| u32::try_from(v).ok()).unwrap_or(meta.gid),
                     "mtime" => meta.mtime = num().unwrap_or(meta.mtime),
                     _ => {
                         if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {

@@ -57,7 +57,7 @@ fn uuid_from(hex: &str) -> Option<String> {
 /// Options: 4 KiB blocks, 256-byte inodes, no journal (layers are mounted read-only), no
 /// reserved blocks, the UUID and htree seed derived from `seed_hex` (so equal layers give equal
 /// images up to timestamps), default features otherwise (`metadata_csum` needs crc32c in the
-/// guest: REPORT pitfall 7).
+/// guest: docs/uvm-notes.md pitfall 7).
 pub fn make_image(
     tree: &Path,
     stats: &ExtractStats,

@@ -186,7 +186,7 @@ pub fn import(path: &Path, cache_dir: &Path, progress: &dyn Progress) -> Result<
         });
     }
     progress.finish();
-    tracing::info!(image = %path.display(), layers = layers.len(), elapsed_ms = started.elapsed().as_millis() as u64, "image imported");
+    tracing::info!(image = %path.display(), layers = layers.len(), elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "image imported");
     Ok(ImportedImage {
         layers,
         config: plan.config,
@@ -247,7 +247,7 @@ pub fn import_layer(
         path: image.to_path_buf(),
         source,
     })?;
-    tracing::info!(layer = %digest, bytes = extract.file_bytes, extract_ms = (t1 - t0).as_millis() as u64, mkfs_ms = (t2 - t1).as_millis() as u64, "layer converted");
+    tracing::info!(layer = %digest, bytes = extract.file_bytes, extract_ms = u64::try_from((t1 - t0).as_millis()).unwrap_or(u64::MAX), mkfs_ms = u64::try_from((t2 - t1).as_millis()).unwrap_or(u64::MAX), "layer converted");
     Ok(LayerStats {
         extract,
         extract_secs: (t1 - t0).as_secs_f64(),

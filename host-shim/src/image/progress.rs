@@ -63,6 +63,9 @@ impl TerminalProgress {
             s.done as f64 / s.total as f64
         };
         let width = 30usize;
+        // cast: `frac` is in [0, 1] (a non-negative ratio, capped), so the product is in
+        // [0, width] and truncates to a valid bar length.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let fill = ((frac.min(1.0)) * width as f64) as usize;
         let secs = s.started.map_or(0.0, |t| t.elapsed().as_secs_f64()).max(1e-3);
         let line = format!(

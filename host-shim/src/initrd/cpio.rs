@@ -109,8 +109,9 @@ impl<W: Write> NewcWriter<W> {
 
     fn pad(&mut self, align: u64) -> io::Result<()> {
         const ZEROS: [u8; 512] = [0; 512];
-        let n = (align - self.written % align) % align;
-        self.put(&ZEROS[..n as usize])
+        // n < align (4 or 512), so the conversion cannot fail.
+        let n = usize::try_from((align - self.written % align) % align).map_err(io::Error::other)?;
+        self.put(&ZEROS[..n])
     }
 }
 
@@ -200,7 +201,7 @@ mod tests {
         w.symlink("gcs", "/init").unwrap();
         w.file("empty", 0o644, b"").unwrap();
         let (out, len) = w.finish().unwrap();
-        assert_eq!(len as usize, out.len());
+        assert_eq!(usize::try_from(len).unwrap(), out.len());
         out
     }
 
@@ -220,7 +221,7 @@ mod tests {
         assert_eq!(entries[3].data, b"/init");
         for (i, e) in entries.iter().enumerate() {
             assert_eq!((e.mtime, e.uid, e.gid), (0, 0, 0));
-            assert_eq!(e.ino, FIRST_INODE + i as u32);
+            assert_eq!(e.ino, FIRST_INODE + u32::try_from(i).unwrap());
         }
         // Reproducible: the same input gives the same bytes.
         assert_eq!(sample(), archive);

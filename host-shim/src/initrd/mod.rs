@@ -14,7 +14,7 @@
 //! `#` are comments. Early modules (virtio PCI transport, vsock) load before the bridge
 //! connects; late ones afterwards, in the background.
 //!
-//! Compression is deliberately not offered: REPORT §2.2 measured no gain under TCG.
+//! Compression is deliberately not offered: docs/uvm-notes.md §2.2 measured no gain under TCG.
 
 pub mod cpio;
 pub mod modules;

@@ -1,7 +1,7 @@
 //! Guest kernel discovery and ELF `vmlinux` extraction.
 //!
 //! The UVM boots the uncompressed ELF `vmlinux` through QEMU's PVH entry point: under TCG
-//! that skips about 6 s of in-guest xz decompression (REPORT §2.2). This module finds the
+//! that skips about 6 s of in-guest xz decompression (docs/uvm-notes.md §2.2). This module finds the
 //! newest Debian kernel (`/boot/vmlinuz-<release>` with a matching `/lib/modules/<release>`),
 //! honours the `RGCS_KERNEL` / `RGCS_KERNEL_RELEASE` overrides, and extracts the ELF payload of
 //! a bzImage once into a cache directory (keyed by the bzImage's name, size and mtime; written

@@ -91,7 +91,7 @@ pub fn extract_vmlinux(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, Kerne
         kernel = %kernel.display(),
         vmlinux = %cached.display(),
         bytes = vmlinux.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "extracted vmlinux"
     );
     Ok(cached)

@@ -18,13 +18,19 @@ use nix::sys::stat::{FchmodatFlags, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 use super::host::{list_dir, proc_fd, qid, stat_fd, valid_name, Root};
-use super::wire::{self, t, Dec, Enc, Short, IO_HEADER, MAX_MSIZE, MIN_MSIZE, NOFID};
+use super::wire::{self, t, Dec, Enc, Short, TooLong, IO_HEADER, MAX_MSIZE, MIN_MSIZE, NOFID};
 use super::{Shares, Stats};
 use std::sync::atomic::Ordering;
 
 impl From<Short> for Errno {
     fn from(_: Short) -> Self {
         Errno::EINVAL
+    }
+}
+
+impl From<TooLong> for Errno {
+    fn from(_: TooLong) -> Self {
+        Errno::ENAMETOOLONG
     }
 }
 
@@ -60,6 +66,8 @@ pub(crate) struct Conn {
 
 const V9FS_MAGIC: u32 = 0x0102_1997;
 const MAX_WALK: u16 = 16;
+/// `P9_LOCK_TYPE_UNLCK` of Rgetlock (the same value as Linux's `F_UNLCK`).
+const P9_LOCK_TYPE_UNLCK: u8 = 2;
 
 pub(super) fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
@@ -175,7 +183,11 @@ impl Conn {
             t::GETLOCK => {
                 self.fid(d.u32()?)?;
                 let (_ty, start, len, pid, client) = (d.u8()?, d.u64()?, d.u64()?, d.u32()?, d.bytes_str()?);
-                e.u8(libc::F_UNLCK as u8).u64(start).u64(len).u32(pid).str(client);
+                e.u8(P9_LOCK_TYPE_UNLCK)
+                    .u64(start)
+                    .u64(len)
+                    .u32(pid)
+                    .str(client)?;
                 Ok(())
             }
             _ => Err(Errno::EOPNOTSUPP),
@@ -208,7 +220,7 @@ impl Conn {
         } else {
             "unknown"
         };
-        e.u32(self.msize).str(v.as_bytes());
+        e.u32(self.msize).str(v.as_bytes())?;
         Ok(())
     }
 
@@ -266,7 +278,8 @@ impl Conn {
                 Err(_) => break,
             }
         }
-        e.u16(qids.len() as u16);
+        // At most `n` qids were pushed, and `n` is a u16.
+        e.u16(u16::try_from(qids.len()).map_err(|_| Errno::EINVAL)?);
         for q in &qids {
             e.qid(q);
         }
@@ -290,20 +303,26 @@ impl Conn {
         let st = f.root.stat(&f.path)?;
         e.u64(0x7ff).qid(&qid(&st)); // P9_GETATTR_BASIC
         e.u32(st.st_mode).u32(st.st_uid).u32(st.st_gid).u64(st.st_nlink);
+        // The wire fields are u64 carrying the kernel's signed values bit for bit: sizes and
+        // nanoseconds are never negative, and the client reads the seconds back as signed (so
+        // pre-1970 times survive).
         e.u64(st.st_rdev)
-            .u64(st.st_size as u64)
-            .u64(st.st_blksize as u64)
-            .u64(st.st_blocks as u64);
-        e.u64(st.st_atime as u64).u64(st.st_atime_nsec as u64);
-        e.u64(st.st_mtime as u64).u64(st.st_mtime_nsec as u64);
-        e.u64(st.st_ctime as u64).u64(st.st_ctime_nsec as u64);
+            .u64(st.st_size.cast_unsigned())
+            .u64(st.st_blksize.cast_unsigned())
+            .u64(st.st_blocks.cast_unsigned());
+        e.u64(st.st_atime.cast_unsigned())
+            .u64(st.st_atime_nsec.cast_unsigned());
+        e.u64(st.st_mtime.cast_unsigned())
+            .u64(st.st_mtime_nsec.cast_unsigned());
+        e.u64(st.st_ctime.cast_unsigned())
+            .u64(st.st_ctime_nsec.cast_unsigned());
         e.u64(0).u64(0).u64(0).u64(0); // btime, gen, data_version
         Ok(())
     }
 
     /// Linux open flags from the wire, restricted to what a share may use.
     fn open_flags(flags: u32, read_only: bool) -> Result<OFlag, Errno> {
-        let bits = flags as i32;
+        let bits = flags.cast_signed(); // the wire's u32 carries the Linux open flags' bits
         let acc = bits & libc::O_ACCMODE;
         let trunc = bits & libc::O_TRUNC != 0;
         if read_only && (acc != libc::O_RDONLY || trunc) {
@@ -344,7 +363,7 @@ impl Conn {
         let f = self.fid_rw(fid)?;
         let path = f.path.join(valid_name(name)?);
         let oflags = Self::open_flags(flags, false)?;
-        let excl = flags as i32 & libc::O_EXCL != 0;
+        let excl = flags.cast_signed() & libc::O_EXCL != 0;
         let file = match f
             .root
             .open_at(&path, oflags | OFlag::O_CREAT | OFlag::O_EXCL, mode & 0o7777)
@@ -382,7 +401,8 @@ impl Conn {
                 Err(err) => return Err(io_errno(err)),
             }
         };
-        e.u32(n as u32).raw(&buf[..n]);
+        // n ≤ count, a u32.
+        e.u32(u32::try_from(n).map_err(|_| Errno::EIO)?).raw(&buf[..n]);
         self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -395,7 +415,8 @@ impl Conn {
         };
         let n = file.write_at(data, offset).map_err(io_errno)?;
         self.stats.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
-        e.u32(n as u32);
+        // n ≤ data.len(), whose count[4] was a u32.
+        e.u32(u32::try_from(n).map_err(|_| Errno::EIO)?);
         Ok(())
     }
 
@@ -410,16 +431,20 @@ impl Conn {
             *entries = Some(list_dir(fd)?);
         }
         let mut data = Vec::with_capacity(limit);
-        for (i, (name, dtype, q)) in entries.iter().flatten().enumerate().skip(offset as usize) {
+        // An offset beyond usize is beyond the last entry: the listing is over.
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (name, dtype, q)) in entries.iter().flatten().enumerate().skip(skip) {
             let len = 13 + 8 + 1 + 2 + name.len();
             if data.len() + len > limit {
                 break;
             }
             let mut ent = Enc::new(0, 0);
-            ent.qid(q).u64(i as u64 + 1).u8(*dtype).str(name);
+            ent.qid(q).u64(i as u64 + 1).u8(*dtype).str(name)?;
             data.extend_from_slice(&ent.finish()[wire::HEADER..]);
         }
-        e.u32(data.len() as u32).raw(&data);
+        // data.len() ≤ limit, a u32.
+        e.u32(u32::try_from(data.len()).map_err(|_| Errno::EIO)?)
+            .raw(&data);
         Ok(())
     }
 
@@ -427,7 +452,7 @@ impl Conn {
         let f = self.fid(d.u32()?)?;
         let (parent, name) = f.root.parent_of(&f.path)?;
         let target = nix::fcntl::readlinkat(Some(parent.as_raw_fd()), name)?;
-        e.str(target.as_bytes());
+        e.str(target.as_bytes())?;
         Ok(())
     }
 
@@ -449,14 +474,14 @@ impl Conn {
         let fd = f.root.path_fd(Path::new(""))?;
         let s = nix::sys::statvfs::fstatvfs(fd.as_fd())?;
         e.u32(V9FS_MAGIC)
-            .u32(s.block_size() as u32)
+            .u32(u32::try_from(s.block_size()).unwrap_or(u32::MAX))
             .u64(s.blocks())
             .u64(s.blocks_free())
             .u64(s.blocks_available());
         e.u64(s.files())
             .u64(s.files_free())
             .u64(s.filesystem_id())
-            .u32(s.name_max() as u32);
+            .u32(u32::try_from(s.name_max()).unwrap_or(u32::MAX));
         Ok(())
     }
 

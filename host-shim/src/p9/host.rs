@@ -149,7 +149,8 @@ pub fn list_dir(dir: &OwnedFd) -> Result<Vec<(Vec<u8>, u8, Qid)>, Errno> {
         ) else {
             continue; // raced with a removal
         };
-        let dtype = ((st.st_mode & SFlag::S_IFMT.bits()) >> 12) as u8;
+        // The file type's 4 bits are the dirent type (DT_REG = S_IFREG >> 12, ...), so this fits.
+        let dtype = u8::try_from((st.st_mode & SFlag::S_IFMT.bits()) >> 12).unwrap_or(libc::DT_UNKNOWN);
         out.push((name, dtype, qid(&st)));
     }
     Ok(out)

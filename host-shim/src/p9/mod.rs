@@ -1,4 +1,4 @@
-//! A 9P2000.L file server for LCOW `MappedDirectory` shares (GCS-PROTOCOL §4.14, §6.4).
+//! A 9P2000.L file server for LCOW `MappedDirectory` shares (docs/gcs-reference.md §4.14, §6.4).
 //!
 //! The guest dials vsock port [`PORT`] (564) once per mount and mounts with
 //! `trans=fd,rfdno=N,wfdno=N,version=9p2000.L,msize=65536,aname=<ShareName>`: the server
@@ -27,6 +27,14 @@ pub use host::Root;
 
 /// The vsock port LCOW guests dial for Plan 9 shares.
 pub const PORT: u32 = rgcs_protocol::ports::PLAN9_PORT;
+
+/// [`PORT`] as `MappedDirectory`'s `Port` (an `int32` in hcsshim's schema).
+// cast: the port is 564 (checked here at compile time), which fits in an i32.
+#[allow(clippy::cast_possible_wrap)]
+pub const PORT_I32: i32 = {
+    assert!(PORT <= 0x7fff_ffff);
+    PORT as i32
+};
 
 pub(crate) type Shares = Arc<RwLock<HashMap<String, Arc<Root>>>>;
 

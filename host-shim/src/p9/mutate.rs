@@ -56,7 +56,8 @@ impl Conn {
                 if valid & on == 0 {
                     TimeSpec::UTIME_OMIT
                 } else if valid & set != 0 {
-                    TimeSpec::new(s as i64, ns as i64)
+                    // The client sends the signed seconds' bits (pre-1970 times are negative).
+                    TimeSpec::new(s.cast_signed(), ns.cast_signed())
                 } else {
                     TimeSpec::UTIME_NOW
                 }
@@ -204,7 +205,7 @@ impl Conn {
         let f = self.fid_rw(fid)?;
         let name = valid_name(name)?;
         let parent = f.root.dir_fd(&f.path)?;
-        let how = if flags as i32 & libc::AT_REMOVEDIR != 0 {
+        let how = if flags.cast_signed() & libc::AT_REMOVEDIR != 0 {
             UnlinkatFlags::RemoveDir
         } else {
             UnlinkatFlags::NoRemoveDir

@@ -25,7 +25,7 @@ impl Client {
         server.spawn_connection(b).unwrap();
         let mut c = Self { s: a, tag: 0 };
         let mut e = Enc::new(t::VERSION, 0xffff);
-        e.u32(65536).str(b"9P2000.L");
+        e.u32(65536).str(b"9P2000.L").unwrap();
         let r = c.raw(e).unwrap();
         let mut d = Dec::new(&r);
         assert_eq!(d.u32().unwrap(), 65536);
@@ -62,16 +62,22 @@ impl Client {
 
     fn attach(&mut self, fid: u32, aname: &str) -> Result<Qid, i32> {
         let r = self.call(t::ATTACH, |e| {
-            e.u32(fid).u32(!0).str(b"root").str(aname.as_bytes()).u32(0);
+            e.u32(fid)
+                .u32(!0)
+                .str(b"root")
+                .unwrap()
+                .str(aname.as_bytes())
+                .unwrap()
+                .u32(0);
         })?;
         Ok(qid(&mut Dec::new(&r)))
     }
 
     fn walk(&mut self, fid: u32, newfid: u32, names: &[&str]) -> Result<Vec<Qid>, i32> {
         let r = self.call(t::WALK, |e| {
-            e.u32(fid).u32(newfid).u16(names.len() as u16);
+            e.u32(fid).u32(newfid).u16(u16::try_from(names.len()).unwrap());
             for n in names {
-                e.str(n.as_bytes());
+                e.str(n.as_bytes()).unwrap();
             }
         })?;
         let mut d = Dec::new(&r);
@@ -81,7 +87,7 @@ impl Client {
 
     fn lopen(&mut self, fid: u32, flags: i32) -> Result<Qid, i32> {
         let r = self.call(t::LOPEN, |e| {
-            e.u32(fid).u32(flags as u32);
+            e.u32(fid).u32(flags.cast_unsigned());
         })?;
         Ok(qid(&mut Dec::new(&r)))
     }
@@ -90,6 +96,7 @@ impl Client {
         let r = self.call(t::LCREATE, |e| {
             e.u32(fid)
                 .str(name.as_bytes())
+                .unwrap()
                 .u32(libc::O_RDWR as u32)
                 .u32(mode)
                 .u32(0);
@@ -106,7 +113,10 @@ impl Client {
 
     fn write(&mut self, fid: u32, offset: u64, data: &[u8]) -> Result<u32, i32> {
         let r = self.call(t::WRITE, |e| {
-            e.u32(fid).u64(offset).u32(data.len() as u32).raw(data);
+            e.u32(fid)
+                .u64(offset)
+                .u32(u32::try_from(data.len()).unwrap())
+                .raw(data);
         })?;
         Ok(Dec::new(&r).u32().unwrap())
     }
@@ -159,7 +169,7 @@ impl Client {
 
     fn mkdir(&mut self, fid: u32, name: &str) -> Result<Qid, i32> {
         let r = self.call(t::MKDIR, |e| {
-            e.u32(fid).str(name.as_bytes()).u32(0o750).u32(0);
+            e.u32(fid).str(name.as_bytes()).unwrap().u32(0o750).u32(0);
         })?;
         Ok(qid(&mut Dec::new(&r)))
     }
@@ -228,19 +238,29 @@ fn reads_writes_and_lists_a_share() {
     // Rename and unlink.
     c.walk(1, 6, &["sub"]).unwrap();
     c.call(t::RENAMEAT, |e| {
-        e.u32(1).str(b"hello.txt").u32(6).str(b"moved.txt");
+        e.u32(1)
+            .str(b"hello.txt")
+            .unwrap()
+            .u32(6)
+            .str(b"moved.txt")
+            .unwrap();
     })
     .unwrap();
     assert!(rw.join("sub/moved.txt").exists());
     c.call(t::UNLINKAT, |e| {
-        e.u32(6).str(b"moved.txt").u32(0);
+        e.u32(6).str(b"moved.txt").unwrap().u32(0);
     })
     .unwrap();
     assert!(!rw.join("sub/moved.txt").exists());
 
     // Symlinks are created and read, never followed.
     c.call(t::SYMLINK, |e| {
-        e.u32(1).str(b"l").str(b"/does/not/matter").u32(0);
+        e.u32(1)
+            .str(b"l")
+            .unwrap()
+            .str(b"/does/not/matter")
+            .unwrap()
+            .u32(0);
     })
     .unwrap();
     c.walk(1, 5, &["l"]).unwrap();
@@ -297,6 +317,7 @@ fn paths_stay_inside_the_share() {
     let r = c.call(t::MKNOD, |e| {
         e.u32(1)
             .str(b"sda")
+            .unwrap()
             .u32(libc::S_IFBLK | 0o600)
             .u32(8)
             .u32(0)
@@ -307,6 +328,7 @@ fn paths_stay_inside_the_share() {
     c.call(t::MKNOD, |e| {
         e.u32(1)
             .str(b"fifo")
+            .unwrap()
             .u32(libc::S_IFIFO | 0o600)
             .u32(0)
             .u32(0)
@@ -351,19 +373,25 @@ fn read_only_shares_refuse_every_mutation() {
     assert_eq!(c.mkdir(1, "d").unwrap_err(), libc::EROFS);
     let mutations: [(u8, &Body); 8] = [
         (t::SYMLINK, &|e| {
-            e.u32(1).str(b"l").str(b"x").u32(0);
+            e.u32(1).str(b"l").unwrap().str(b"x").unwrap().u32(0);
         }),
         (t::MKNOD, &|e| {
-            e.u32(1).str(b"p").u32(libc::S_IFIFO | 0o600).u32(0).u32(0).u32(0);
+            e.u32(1)
+                .str(b"p")
+                .unwrap()
+                .u32(libc::S_IFIFO | 0o600)
+                .u32(0)
+                .u32(0)
+                .u32(0);
         }),
         (t::RENAMEAT, &|e| {
-            e.u32(1).str(b"hello.txt").u32(1).str(b"x");
+            e.u32(1).str(b"hello.txt").unwrap().u32(1).str(b"x").unwrap();
         }),
         (t::UNLINKAT, &|e| {
-            e.u32(1).str(b"hello.txt").u32(0);
+            e.u32(1).str(b"hello.txt").unwrap().u32(0);
         }),
         (t::LINK, &|e| {
-            e.u32(1).u32(2).str(b"hl");
+            e.u32(1).u32(2).str(b"hl").unwrap();
         }),
         (t::SETATTR, &|e| {
             e.u32(2)
@@ -378,7 +406,7 @@ fn read_only_shares_refuse_every_mutation() {
                 .u64(0);
         }),
         (t::XATTRCREATE, &|e| {
-            e.u32(2).str(b"user.x").u64(1).u32(0);
+            e.u32(2).str(b"user.x").unwrap().u64(1).u32(0);
         }),
         (t::REMOVE, &|e| {
             e.u32(2);
@@ -427,4 +455,20 @@ fn bad_input_never_panics() {
             "server hung up: {e}"
         ),
     }
+}
+
+#[test]
+fn strings_over_65535_bytes_are_refused_not_truncated() {
+    let mut e = Enc::new(t::READLINK + 1, 1);
+    let len = e.len();
+    assert_eq!(e.str(&[b'a'; 65536]).err(), Some(wire::TooLong));
+    assert_eq!(e.len(), len, "nothing written");
+    e.str(&[b'a'; 65535]).unwrap();
+    let msg = e.finish();
+    let mut d = Dec::new(&msg[wire::HEADER..]);
+    assert_eq!(d.bytes_str().unwrap().len(), 65535);
+    assert_eq!(
+        nix::errno::Errno::from(wire::TooLong),
+        nix::errno::Errno::ENAMETOOLONG
+    );
 }

@@ -66,6 +66,10 @@ pub struct Qid {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Short;
 
+/// An encoding error: a string longer than a 9P string can hold (65535 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong;
+
 /// A bounds-checked reader over a message body.
 #[derive(Debug)]
 pub struct Dec<'a> {
@@ -169,12 +173,13 @@ impl Enc {
         self
     }
 
-    /// Appends a string (truncated to 65535 bytes).
-    pub fn str(&mut self, s: &[u8]) -> &mut Self {
-        let s = &s[..s.len().min(u16::MAX as usize)];
-        self.u16(s.len() as u16);
+    /// Appends a string, or fails (writing nothing) if it is longer than 65535 bytes: its
+    /// `len[2]` could not hold the length, and a truncated name or path would be a wrong one.
+    pub fn str(&mut self, s: &[u8]) -> Result<&mut Self, TooLong> {
+        let len = u16::try_from(s.len()).map_err(|_| TooLong)?;
+        self.u16(len);
         self.buf.extend_from_slice(s);
-        self
+        Ok(self)
     }
 
     /// Appends a qid.
@@ -199,8 +204,12 @@ impl Enc {
     }
 
     /// The finished message.
+    ///
+    /// Replies are bounded by the negotiated msize (at most [`MAX_MSIZE`]), so the length always
+    /// fits `size[4]`; were it ever over 4 GiB, `size` saturates at `u32::MAX`, which every peer
+    /// rejects as over its msize, rather than wrapping to a plausible, wrong length.
     pub fn finish(mut self) -> Vec<u8> {
-        let n = (self.buf.len() as u32).to_le_bytes();
+        let n = u32::try_from(self.buf.len()).unwrap_or(u32::MAX).to_le_bytes();
         self.buf[..4].copy_from_slice(&n);
         self.buf
     }
@@ -209,7 +218,7 @@ impl Enc {
 /// `Rlerror` for `tag`.
 pub fn lerror(tag: u16, errno: i32) -> Vec<u8> {
     let mut e = Enc::new(t::LERROR, tag);
-    e.u32(errno as u32);
+    e.u32(errno.cast_unsigned()); // the wire's ecode[4] carries the errno's bits
     e.finish()
 }
 

@@ -1,4 +1,4 @@
-//! Container root filesystems in a running UVM, driven the way hcsshim's host does it (GCS-PROTOCOL
+//! Container root filesystems in a running UVM, driven the way hcsshim's host does it (docs/gcs-reference.md
 //! §4.14, §6.2–§6.5, Appendix A rows 3–5, 16): each image layer is an ext4 disk hot-plugged on the
 //! virtio-scsi controller and mounted read-only by the guest (`MappedVirtualDisk`), a scratch disk
 //! becomes the container's bundle directory, `CombinedLayers` builds the overlay, and `-v` host
@@ -37,7 +37,6 @@ use pmem::PmemSlot;
 /// LUNs of controller 0 that we use (scratch and layer disks alike); QEMU's virtio-scsi allows
 /// far more, the guest's `u8` `Lun` field does not.
 const MAX_LUN: u16 = 255;
-
 /// Errors of root filesystem set-up and removal.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -364,7 +363,7 @@ impl UvmStorage {
             let mount = format!("{}/mounts/m{}", root.bundle, root.shares.len());
             let dir = MappedDirectory {
                 mount_path: mount.clone(),
-                port: p9::PORT as i32,
+                port: crate::p9::PORT_I32,
                 share_name: name.clone(),
                 read_only: share.read_only,
             };

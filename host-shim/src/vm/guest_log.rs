@@ -4,7 +4,7 @@
 //!
 //! Lines are bounded ([`MAX_LINE_LEN`]); a longer line is truncated and the rest skipped. A
 //! line that is not a JSON object (a Go panic dump, say) is logged raw. A missing level means
-//! info; `fatal` and `panic` map to error (GCS-PROTOCOL §1.2).
+//! info; `fatal` and `panic` map to error (docs/gcs-reference.md §1.2).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};

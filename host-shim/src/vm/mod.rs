@@ -313,7 +313,7 @@ impl Uvm {
     }
 
     /// `<run_dir>/vsock.sock`: guest port `P` arrives on `<prefix>_P`; host→guest
-    /// connections go to the prefix itself (see [`vsock::connect_to_guest`]).
+    /// connections go to the prefix itself (see [`rgcs_client::vsock::connect_to_guest`]).
     pub fn vsock_prefix(&self) -> &Path {
         &self.vsock_prefix
     }

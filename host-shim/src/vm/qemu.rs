@@ -2,7 +2,7 @@
 //! spawning lives in `vm/mod.rs`.
 //!
 //! Machine: q35 (PCI, so SCSI disks can be hot-plugged through QMP later), guest RAM in a
-//! shared memfd (vhost-user needs it, REPORT pitfall 6), the ELF vmlinux booted through PVH,
+//! shared memfd (vhost-user needs it, docs/uvm-notes.md pitfall 6), the ELF vmlinux booted through PVH,
 //! vsock through `vhost-user-vsock-pci` backed by vhost-device-vsock, and an empty
 //! `virtio-scsi-pci` controller `scsi0`.
 

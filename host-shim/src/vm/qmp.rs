@@ -1,5 +1,5 @@
 //! A small QMP client (QEMU Machine Protocol: JSON lines over the UVM's Unix socket) for disk
-//! hot-plug, the QEMU counterpart of HCS attaching a VHD to a SCSI controller (REPORT §8).
+//! hot-plug, the QEMU counterpart of HCS attaching a VHD to a SCSI controller (docs/uvm-notes.md §8).
 //!
 //! * [`Qmp::hotplug_scsi_disk`]: `blockdev-add` (raw over file) + `device_add scsi-hd` on
 //!   `scsi0.0`, `scsi-id` 0, the given LUN; the guest finds it at

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Longest accepted run directory path (REPORT §4).
+/// Longest accepted run directory path (docs/uvm-notes.md §4).
 pub const MAX_RUN_DIR_LEN: usize = 80;
 /// Environment variable: when set (non-empty), the run directory is kept (its sockets are
 /// still removed) so logs can be read after the VM is gone.

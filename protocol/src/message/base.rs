@@ -1,4 +1,4 @@
-//! The common request and response bases (GCS-PROTOCOL §4.1, §4.2).
+//! The common request and response bases (docs/gcs-reference.md §4.1, §4.2).
 
 use std::collections::BTreeMap;
 

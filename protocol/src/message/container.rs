@@ -1,4 +1,4 @@
-//! Create (GCS-PROTOCOL §4.5): `ContainerCreate`, its double-encoded `ContainerConfig`, and the
+//! Create (docs/gcs-reference.md §4.5): `ContainerCreate`, its double-encoded `ContainerConfig`, and the
 //! response.
 //!
 //! hcsshim's guest declares the request as `ContainerConfig string` plus the legacy

@@ -1,5 +1,5 @@
 //! Container statistics in containerd's cgroup-v1 `Metrics` JSON (`cgroup1/stats/metrics.pb.go`),
-//! the `LCOWMetrics` member of GetProperties' `Properties` (GCS-PROTOCOL §4.12).
+//! the `LCOWMetrics` member of GetProperties' `Properties` (docs/gcs-reference.md §4.12).
 //!
 //! Keys are the protobuf Go structs' `json` tags (snake_case), in field order, and every field is
 //! `omitempty`: zero numbers, empty strings and lists, and absent sub-messages are left out.

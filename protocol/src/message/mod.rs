@@ -1,4 +1,4 @@
-//! Typed payloads of every message (GCS-PROTOCOL §3–§4) and their envelope: the common base
+//! Typed payloads of every message (docs/gcs-reference.md §3–§4) and their envelope: the common base
 //! fields (§4.1, §4.2) sit beside the type-specific fields in one flat JSON object.
 //!
 //! Decoding parses the payload once and reads the base and the body from the same value, each

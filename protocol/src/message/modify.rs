@@ -1,4 +1,4 @@
-//! ModifySettings (GCS-PROTOCOL §4.13, §4.14): `{"Request":{"RequestType","ResourceType","Settings"}}`,
+//! ModifySettings (docs/gcs-reference.md §4.13, §4.14): `{"Request":{"RequestType","ResourceType","Settings"}}`,
 //! with `Settings` typed by `ResourceType`.
 //!
 //! Decoding follows hcsshim's `UnmarshalContainerModifySettings`: an empty `RequestType` is `Add`;

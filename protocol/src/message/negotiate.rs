@@ -1,4 +1,4 @@
-//! NegotiateProtocol and capabilities (GCS-PROTOCOL §3, §4.4).
+//! NegotiateProtocol and capabilities (docs/gcs-reference.md §3, §4.4).
 
 use serde::{Deserialize, Serialize};
 

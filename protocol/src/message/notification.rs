@@ -1,4 +1,4 @@
-//! ContainerNotification, guest → host, type `0x30100101`, header ID 0 (GCS-PROTOCOL §4.17).
+//! ContainerNotification, guest → host, type `0x30100101`, header ID 0 (docs/gcs-reference.md §4.17).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! GetProperties (GCS-PROTOCOL §4.12): the double-encoded `Query` and `Properties`.
+//! GetProperties (docs/gcs-reference.md §4.12): the double-encoded `Query` and `Properties`.
 
 use std::fmt;
 

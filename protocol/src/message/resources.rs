@@ -1,4 +1,4 @@
-//! The `Settings` objects of ModifySettings (GCS-PROTOCOL §4.14, hcsshim
+//! The `Settings` objects of ModifySettings (docs/gcs-reference.md §4.14, hcsshim
 //! `internal/protocol/guestresource`). Every field is `omitempty`: zero values never appear on the
 //! wire and decode from a missing field.
 
@@ -206,6 +206,24 @@ pub struct NetworkAdapter {
     /// Add routes with a low metric (policy-based routing only).
     #[serde(rename = "EnableLowMetric", skip_serializing_if = "is_false")]
     pub enable_low_metric: bool,
+    /// Older hosts (hcsshim up to v0.12): the IPv4 address instead of `IPConfigs`.
+    #[serde(rename = "IPAddress", skip_serializing_if = "String::is_empty")]
+    pub ip_address: String,
+    /// Older hosts: its prefix length.
+    #[serde(rename = "PrefixLength", skip_serializing_if = "is_zero")]
+    pub prefix_length: u8,
+    /// Older hosts: the IPv4 gateway (a default route through it).
+    #[serde(rename = "GatewayAddress", skip_serializing_if = "String::is_empty")]
+    pub gateway_address: String,
+    /// Older hosts: the IPv6 address.
+    #[serde(rename = "IPv6Address", skip_serializing_if = "String::is_empty")]
+    pub ipv6_address: String,
+    /// Older hosts: its prefix length.
+    #[serde(rename = "IPv6PrefixLength", skip_serializing_if = "is_zero")]
+    pub ipv6_prefix_length: u8,
+    /// Older hosts: the IPv6 gateway.
+    #[serde(rename = "IPv6GatewayAddress", skip_serializing_if = "String::is_empty")]
+    pub ipv6_gateway_address: String,
 }
 
 /// `LCOWIPConfig`.

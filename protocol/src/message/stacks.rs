@@ -1,4 +1,4 @@
-//! DumpStacks (GCS-PROTOCOL §4.15): the request is base only; the response carries the dump.
+//! DumpStacks (docs/gcs-reference.md §4.15): the request is base only; the response carries the dump.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The golden fixture table: every message type of GCS-PROTOCOL §2.4 in every direction it
+//! The golden fixture table: every message type of docs/gcs-reference.md §2.4 in every direction it
 //! travels, built from the JSON samples of the spec (Appendix A in full, plus §3.1 and §4).
 //!
 //! Each entry is the exact payload a peer sends: host → guest JSON ends with `\n` (Go's streaming
