@@ -9,11 +9,15 @@
 #       run TARGETs (default: all) for N executions each (default 10000000) or S seconds each
 #   bash scripts/fuzz.sh --build-only     build every target (CI: keeps the targets compiling)
 #   bash scripts/fuzz.sh --cmin [TARGET...]
-#       minimise fuzz/corpus/<t> ∪ fuzz/work/corpus/<t> (cargo fuzz cmin) into fuzz/corpus/<t>
+#       minimise fuzz/corpus/<t> ∪ fuzz/work/corpus/<t> ∪ the seeds (cargo fuzz cmin) into
+#       fuzz/corpus/<t>, and empty fuzz/work/corpus/<t>
 #
-# Corpora: fuzz/corpus/<t>/ is the committed, minimised corpus (seeded by fuzz/seed.py if absent);
-# it is only read while fuzzing. New inputs go to fuzz/work/corpus/<t>/, logs to
-# fuzz/work/logs/<t>.log (fuzz/work is git-ignored). A crash leaves fuzz/artifacts/<t>/crash-…;
+# Corpora, all read by libFuzzer, only the first one written while fuzzing:
+#   fuzz/work/corpus/<t>/  new inputs (git-ignored, like all of fuzz/work)
+#   fuzz/corpus/<t>/       the minimised corpus (--cmin writes it; committed where small, see
+#                          fuzz/.gitignore)
+#   fuzz/work/seed/<t>/    the fixtures' seeds, made by fuzz/seed.py if absent
+# Logs: fuzz/work/logs/<t>.log. A crash leaves fuzz/artifacts/<t>/crash-…;
 # the script then exits 1 after the table and prints the artifact path(s).
 #
 # Environment: RGCS_TOOLS_DIR (where cargo-fuzz is installed), RGCS_FUZZ_TOOLCHAIN (default
@@ -30,7 +34,7 @@ die() { log "$*"; exit 2; }
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
-  exit 2
+  exit "${1:-2}"
 }
 
 mode=run runs= seconds= targets=() extra=()
@@ -42,7 +46,7 @@ while [ $# -gt 0 ]; do
     --seconds=*) seconds=${1#*=}; shift ;;
     --build-only) mode=build; shift ;;
     --cmin) mode=cmin; shift ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) log "unknown option $1"; usage ;;
     *) targets+=("$1"); shift ;;
@@ -99,14 +103,44 @@ corpus_size() {
     awk '!seen[$1]++ { n++; b += $2 } END { printf "%d/%d\n", n, b }'
 }
 
+# The fixtures' seeds, in work/seed/<t>/: seed.py writes to its CORPUS (fuzz/corpus/), which
+# holds committed corpora, so it runs with CORPUS pointed at work/seed.
+seed() {
+  [ ! -d work/seed ] || return 0
+  command -v python3 >/dev/null || apt_install python3
+  log "seeding work/seed from the fixtures (fuzz/seed.py)"
+  rm -rf work/seed.tmp
+  python3 - >&2 <<'PY'
+import importlib.util
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("seed", "seed.py")
+seed = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(seed)
+seed.CORPUS = Path("work/seed.tmp").resolve()
+seed.main()
+PY
+  mv work/seed.tmp work/seed
+}
+
+# the existing corpus directories of target $1, the written one (work/corpus/$1) first
+corpus_dirs() {
+  local d
+  mkdir -p "work/corpus/$1"
+  for d in "work/corpus/$1" "corpus/$1" "work/seed/$1"; do
+    [ ! -d "$d" ] || echo "$d"
+  done
+}
+
 if [ "$mode" = cmin ]; then
+  seed
   fuzz build
   printf '%-16s %s\n' target 'corpus files/bytes (before -> after)'
   for t in "${targets[@]}"; do
-    before=$(corpus_size "corpus/$t" "work/corpus/$t")
+    mapfile -t dirs < <(corpus_dirs "$t")
+    before=$(corpus_size "${dirs[@]}")
     rm -rf "work/cmin/$t"
-    mkdir -p "work/cmin/$t" "work/corpus/$t"
-    find "corpus/$t" "work/corpus/$t" -maxdepth 1 -type f -exec cp -t "work/cmin/$t" {} + 2>/dev/null || true
+    mkdir -p "work/cmin/$t"
+    find "${dirs[@]}" -maxdepth 1 -type f -exec cp -t "work/cmin/$t" {} +
     fuzz cmin "$t" "work/cmin/$t" >"work/cmin/$t.log" 2>&1 || { tail -20 "work/cmin/$t.log" >&2; die "cmin $t failed"; }
     rm -rf "corpus/$t" "work/corpus/$t"
     mv "work/cmin/$t" "corpus/$t"
@@ -118,14 +152,7 @@ if [ "$mode" = cmin ]; then
 fi
 
 # --- run -----------------------------------------------------------------------------------------
-for t in "${targets[@]}"; do
-  if [ -z "$(ls -A "corpus/$t" 2>/dev/null)" ]; then
-    command -v python3 >/dev/null || apt_install python3
-    log "seeding corpora: fuzz/seed.py"
-    python3 seed.py >&2
-    break
-  fi
-done
+seed
 mkdir -p "$WORK/logs"
 log "building"
 fuzz build
@@ -134,14 +161,14 @@ budget=(-runs="$runs")
 
 rows=() artifacts=() failed=0
 for t in "${targets[@]}"; do
-  mkdir -p "work/corpus/$t" "corpus/$t"
+  mapfile -t dirs < <(corpus_dirs "$t")
   out="$WORK/logs/$t.log"
   log "$t: ${budget[*]} (log: $out)"
   start=$SECONDS
   # --jobs 1: one libFuzzer process (cargo-fuzz passes no -fork/-jobs); new inputs go to the
   # first corpus directory (work/), the committed corpus is read only.
   set +e
-  fuzz run --jobs 1 "$t" "work/corpus/$t" "corpus/$t" -- "${budget[@]}" -print_final_stats=1 \
+  fuzz run --jobs 1 "$t" "${dirs[@]}" -- "${budget[@]}" -print_final_stats=1 \
     ${extra[@]+"${extra[@]}"} >"$out" 2>&1
   rc=$?
   set -e
@@ -159,7 +186,7 @@ for t in "${targets[@]}"; do
     log "$t: ${n:-?} runs in $secs s, ${rate:-?} exec/s"
   fi
   rows+=("$(printf '%-16s %12s %8s %7s %16s %6s' "$t" "${n:-?}" "${rate:-?}" "$crash" \
-    "$(corpus_size "corpus/$t" "work/corpus/$t")" "$secs")")
+    "$(corpus_size "${dirs[@]}")" "$secs")")
 done
 
 printf '\n%-16s %12s %8s %7s %16s %6s\n' target runs exec/s crashes corpus_files/B secs
