@@ -31,6 +31,9 @@ fn in_namespace(name: &str, body: fn()) {
             Some("mode=0755"),
         )
         .expect("tmpfs on /run");
+        // Mounts the host had under `/run` (say `/run/netns/*`) stay listed beneath the tmpfs:
+        // they are the baseline, not something this test left behind.
+        let _ = BASELINE.set(all_mounts_under("/run"));
         body();
         return;
     }
@@ -177,7 +180,19 @@ fn fake_sysfs(t: &Temp, luns: &[(u8, &Loop)], pmems: &[(u32, &Loop)]) -> Storage
     }
 }
 
+/// Mounts under `/run` that existed before the test mounted its tmpfs there.
+static BASELINE: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Mounts under `p` that this test made (the host's own, hidden below the tmpfs, are ignored).
 fn mounts_under(p: &str) -> Vec<PathBuf> {
+    let baseline = BASELINE.get().map(Vec::as_slice).unwrap_or_default();
+    all_mounts_under(p)
+        .into_iter()
+        .filter(|m| !baseline.contains(m))
+        .collect()
+}
+
+fn all_mounts_under(p: &str) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     parse_mountinfo(&text)
         .into_iter()
