@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use rgcs_protocol::message::{Request, RequestBase};
+use rgcs_protocol::message::{Request, RequestBase, Resource};
 use rgcs_protocol::MessageId;
 
 use crate::error::GcsError;
 use crate::host::Host;
 use crate::outcome::Outcome;
-use crate::{container, process, storage};
+use crate::{container, network, process, storage};
 
 /// Largest DumpStacks text; the frame must stay under 64 KiB with the JSON escaping around it.
 const DUMP_MAX: usize = 48 * 1024;
@@ -36,7 +36,10 @@ pub async fn dispatch(
         Request::ShutdownGraceful => container::shutdown(host, base, false).await,
         Request::ShutdownForced => container::shutdown(host, base, true).await,
         Request::GetProperties(req) => container::get_properties(host, base, req).await,
-        Request::ModifySettings(req) if base.is_uvm() => storage::modify(host, base, *req).await,
+        Request::ModifySettings(req) if base.is_uvm() => match req.request.resource {
+            Resource::Network(_) => network::modify(host, *req).await,
+            _ => storage::modify(host, base, *req).await,
+        },
         Request::ModifySettings(req) => container::modify(host, base, *req).await,
         Request::DumpStacks => Outcome::body(&serde_json::json!({ "GuestStacks": host.dump(DUMP_MAX) })),
         Request::DeleteContainerState => container::delete_state(host, base).await,

@@ -119,6 +119,9 @@ pub enum GcsError {
     /// The request is valid but this build of rgcs does not support it yet.
     #[error("{0} is not supported by this guest")]
     Unsupported(String),
+    /// A network request (or the network part of a Create) failed; the source says why.
+    #[error("network request failed")]
+    Network(#[from] crate::network::NetworkError),
     /// A storage request (disk, layer, share, overlay) failed; the source says why.
     #[error("storage request failed")]
     Storage(#[from] crate::storage::StorageError),
@@ -142,6 +145,10 @@ impl GcsError {
             Self::ProcessNotFound(_) => HResult::NOT_FOUND,
             Self::WaitTimeout(_) | Self::ExecutorTimeout { .. } => HResult::TIMEOUT,
             Self::Storage(_) => HResult::FAIL,
+            // hcsshim returns its "namespace not found" with HrErrNotFound; everything else of
+            // networking is a plain failure there too.
+            Self::Network(crate::network::NetworkError::NamespaceNotFound(_)) => HResult::NOT_FOUND,
+            Self::Network(_) => HResult::FAIL,
             Self::Runtime { .. }
             | Self::Io { .. }
             | Self::Unsupported(_)

@@ -45,6 +45,8 @@ pub struct Host {
     pub storage: Arc<crate::storage::Storage>,
     /// Containers.
     pub containers: Registry,
+    /// Network namespaces and their NICs.
+    pub networks: crate::network::Networks,
     /// Processes run in the UVM itself (null container ID).
     pub uvm_processes: ProcessTable,
     executor: Option<Executor>,
@@ -66,6 +68,7 @@ struct InFlight {
 impl Host {
     /// New state with the given module gate and reaper.
     pub fn new(modules: ModulesGate, reaper: Arc<Reaper>) -> Self {
+        let networks = crate::network::Networks::new(Some(Arc::clone(&reaper)));
         let sys = crate::storage::mount::RealSys {
             reaper: Some(Arc::clone(&reaper)),
         };
@@ -77,6 +80,7 @@ impl Host {
                 crate::storage::StorageConfig::default(),
             )),
             containers: Registry::default(),
+            networks,
             uvm_processes: ProcessTable::default(),
             executor: None,
             outbox: Mutex::new(VecDeque::new()),

@@ -20,6 +20,7 @@ pub mod error;
 pub mod host;
 pub mod logging;
 pub mod modules;
+pub mod network;
 pub mod outcome;
 pub mod process;
 pub mod reaper;

@@ -170,7 +170,15 @@ impl Agent {
         spec
     }
 
-    async fn create_with(&self, id: &str, spec: Spec, bundle: &Path) -> Result<(), HResult> {
+    async fn create_with(&self, id: &str, mut spec: Spec, bundle: &Path) -> Result<(), HResult> {
+        // Each container has a network namespace of its own, as hcsshim's host sends it.
+        if spec.windows().is_none() {
+            let mut net = libcontainer::oci_spec::runtime::WindowsNetwork::default();
+            net.set_network_namespace(Some(id.to_owned()));
+            let mut w = libcontainer::oci_spec::runtime::Windows::default();
+            w.set_network(Some(net));
+            spec.set_windows(Some(w));
+        }
         let config = ContainerConfig {
             schema_version: SchemaVersion::V2_1,
             oci_bundle_path: bundle.display().to_string(),

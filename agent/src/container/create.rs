@@ -47,10 +47,18 @@ fn hostname(spec: &Spec, id: &str) -> Result<String, GcsError> {
     }
 }
 
-/// Writes `hostname`, `hosts` and `resolv.conf` into `dir` (sandbox and standalone containers).
-fn write_etc_files(dir: &Path, spec: &Spec, id: &str) -> Result<(), GcsError> {
+/// Writes `hostname`, `hosts` and `resolv.conf` (from the DNS of the namespace's NICs) into
+/// `dir` (sandbox and standalone containers).
+fn write_etc_files(
+    dir: &Path,
+    spec: &Spec,
+    id: &str,
+    dns: &(Vec<String>, Vec<String>),
+) -> Result<(), GcsError> {
     let hostname = hostname(spec, id)?;
-    let resolv = spec::render_resolv_conf(&[], &[]).map_err(|e| invalid(id, e))?;
+    let search: Vec<&str> = dns.0.iter().map(String::as_str).collect();
+    let servers: Vec<&str> = dns.1.iter().map(String::as_str).collect();
+    let resolv = spec::render_resolv_conf(&search, &servers).map_err(|e| invalid(id, e))?;
     for (name, text) in [
         ("hostname", format!("{hostname}\n")),
         ("hosts", spec::render_hosts(&hostname)),
@@ -108,13 +116,19 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
         return Err(invalid(id, format!("OciBundlePath {bundle:?} is not absolute")));
     }
     check_bundle(&cfg.oci_bundle_path)?;
+    let kind = spec::kind(&spec);
+    let net = network_plan(host, &spec, &kind).await?;
     std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
-    let files_dir = match spec::kind(&spec) {
+    let files_dir = match &kind {
         Kind::Standalone | Kind::Sandbox => {
-            write_etc_files(&bundle, &spec, id)?;
+            let dns = match &net {
+                Some(n) => host.networks.dns(&n.ns).await,
+                None => Default::default(),
+            };
+            write_etc_files(&bundle, &spec, id, &dns)?;
             Some(bundle.clone())
         }
-        Kind::Workload(sid) => host.containers.get(&sid).ok().map(|s| s.bundle.clone()),
+        Kind::Workload(sid) => host.containers.get(sid).ok().map(|s| s.bundle.clone()),
     };
     spec::adjust(&mut spec, id, files_dir.as_deref()).map_err(|e| invalid(id, e))?;
     let root = spec
@@ -162,6 +176,16 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
         }
     };
     let watch = host.reaper.watch(pid, spawned_at);
+    if let Some(n) = &net {
+        // The NICs move into the init's namespace before Create answers (§6.6 step 4).
+        if let Err(e) = host.networks.attach(&n.ns, n.create, id, pid, n.own_netns).await {
+            if let Err(d) = exec.zygote.delete(id).await {
+                tracing::warn!(container_id = %id, error = %d, "cleaning up after a network failure");
+            }
+            let _ = std::fs::remove_dir_all(&proc_dir);
+            return Err(e.into());
+        }
+    }
     let c = Container::new(NewContainer {
         id: id.to_owned(),
         activity_id: base.activity_id.clone(),
@@ -177,6 +201,44 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
     host.containers.publish(Arc::clone(&c));
     tokio::spawn(watch_init(Arc::clone(host), exec, c, watch));
     Ok(())
+}
+
+/// A sandbox's or standalone container's network namespace.
+struct NetworkPlan {
+    /// The namespace ID, lower-cased.
+    ns: String,
+    /// Create it if the host never added a NIC for it (standalone, or a sandbox with
+    /// `skip-pod-networking`).
+    create: bool,
+    /// The container has a network namespace of its own (not one it joins by path).
+    own_netns: bool,
+}
+
+/// What Create does about networking: a sandbox needs its namespace to exist already (the host
+/// adds its NICs first; `0x80070490` otherwise, unless `io.microsoft.cri.skip-pod-networking`),
+/// a standalone container gets or creates its own, a workload joins its sandbox's by path.
+async fn network_plan(host: &Host, spec: &Spec, kind: &Kind) -> Result<Option<NetworkPlan>, GcsError> {
+    let ns = spec::network_namespace(spec);
+    let own_netns = spec::owns_netns(spec);
+    match kind {
+        Kind::Workload(_) => Ok(None),
+        Kind::Standalone => Ok(Some(NetworkPlan {
+            ns,
+            create: true,
+            own_netns,
+        })),
+        Kind::Sandbox => {
+            let skip = spec::skip_pod_networking(spec);
+            if !skip && !host.networks.exists(&ns).await {
+                return Err(crate::network::NetworkError::NamespaceNotFound(ns).into());
+            }
+            Ok(Some(NetworkPlan {
+                ns,
+                create: skip,
+                own_netns,
+            }))
+        }
+    }
 }
 
 /// The executor's part of Create: the init exists (blocked until Start) with its stdio attached.

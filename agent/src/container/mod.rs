@@ -174,6 +174,7 @@ pub async fn delete_state(host: &Arc<Host>, base: &RequestBase) -> Result<Outcom
     let exec = host.executor()?;
     host.containers.remove(&c.id);
     c.mark_deleted();
+    host.networks.detach(&c.id).await;
     let result = exec.zygote.delete(&c.id).await;
     drop(c.take_pending_stdio());
     let _ = std::fs::remove_dir_all(&c.proc_dir);

@@ -44,6 +44,39 @@ pub fn kind(spec: &Spec) -> Kind {
     }
 }
 
+/// Annotation: a sandbox without a network namespace from the host is allowed (hcsshim HEAD).
+pub const SKIP_POD_NETWORKING: &str = "io.microsoft.cri.skip-pod-networking";
+
+/// `windows.network.networkNamespace`, lower-cased ("" when absent), as hcsshim keys namespaces.
+pub fn network_namespace(spec: &Spec) -> String {
+    spec.windows()
+        .as_ref()
+        .and_then(|w| w.network().as_ref())
+        .and_then(|n| n.network_namespace().clone())
+        .unwrap_or_default()
+        .to_lowercase()
+}
+
+/// Whether the container gets a network namespace of its own (a `network` entry without a path).
+pub fn owns_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == libcontainer::oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
+            })
+        })
+}
+
+/// `io.microsoft.cri.skip-pod-networking=true` (any case).
+pub fn skip_pod_networking(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(SKIP_POD_NETWORKING))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// The cgroup of a container.
 pub fn cgroup_path(id: &str) -> String {
     format!("{CGROUP_PARENT}/{id}")
