@@ -20,6 +20,7 @@ pub mod control;
 pub mod image;
 pub mod initrd;
 pub mod kernel;
+pub mod net;
 pub mod p9;
 pub mod rootfs;
 pub mod run;

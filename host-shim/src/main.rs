@@ -218,6 +218,24 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// TCP throughput and round trips host <-> guest for each NIC backend (user, netns), with the
+    /// server as a UVM process and then in a container on the same NIC.
+    Net {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// MiB per throughput round.
+        #[arg(long, default_value_t = 32)]
+        mib: u64,
+        /// Throughput rounds per path.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// 1-byte round trips per path.
+        #[arg(long, default_value_t = 500)]
+        pings: usize,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Container lifecycle and exec through rgcs, runc and crun in one UVM (use the bench initrd).
     Containers {
         #[command(flatten)]
@@ -253,8 +271,26 @@ impl VmArgs {
     }
 }
 
+/// docker's exit code for an error of the CLI itself (not of the container) in `run`.
+const RUN_ERROR: u8 = 125;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let run = std::env::args().skip(1).any(|a| a == "run");
+            return match e.use_stderr() {
+                false => ExitCode::SUCCESS,
+                true if run => ExitCode::from(RUN_ERROR),
+                true => ExitCode::from(2),
+            };
+        }
+    };
+    let failure = match cli.command {
+        Command::Run(_) => ExitCode::from(RUN_ERROR),
+        _ => ExitCode::FAILURE,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
@@ -274,7 +310,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rgcs: {e:#}");
-            ExitCode::FAILURE
+            failure
         }
     };
     // Do not wait for blocking tasks (a read of the local stdin may never end).

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::image::{self, ImportedImage, Progress};
+use crate::net::{NetError, NetworkMode, PortMap, UvmNetwork};
 use crate::rootfs::{add_binds, ContainerRootfs, RootfsError, Share, UvmStorage};
 use crate::session::{BootOptions, Session, SessionError, POWER_OFF_TIMEOUT};
 use crate::stdio::{relay_terminal, StdioError};
@@ -80,6 +81,14 @@ pub struct RunOptions {
     pub cache_dir: PathBuf,
     /// Scratch disk size in bytes (sparse).
     pub scratch_size: u64,
+    /// The container's network.
+    pub network: NetworkMode,
+    /// Published ports (`user` network only).
+    pub ports: Vec<PortMap>,
+    /// DNS servers overriding the network's.
+    pub dns: Vec<String>,
+    /// Hostname (default: the container ID, as Docker does).
+    pub hostname: Option<String>,
     /// The UVM to boot.
     pub boot: BootOptions,
 }
@@ -120,6 +129,9 @@ pub enum RunError {
     /// The UVM failed.
     #[error("the utility VM failed")]
     Session(#[from] SessionError),
+    /// The network could not be set up.
+    #[error("cannot set up the container's network")]
+    Network(#[from] NetError),
     /// The root filesystem could not be attached.
     #[error("cannot attach the container's root filesystem")]
     Rootfs(#[from] RootfsError),
@@ -239,7 +251,22 @@ async fn run_in(
     let root = storage
         .mount(uvm, bridge, image, id, opts.scratch_size, &shares)
         .await?;
-    let result = run_container(client, opts, process, &root).await;
+    // The NIC goes to the namespace named after the container (ContainerSpec's default) before
+    // Create, as hcsshim's host adds endpoints first; the guest moves it in at Create.
+    let result = async {
+        let mut net = UvmNetwork::new(uvm).await?;
+        let nic = net
+            .attach(bridge, id, &opts.network, &opts.ports, &opts.dns)
+            .await?;
+        let result = run_container(client, opts, process, &root).await;
+        if let Some(nic) = nic {
+            if let Err(e) = net.detach(bridge, nic).await {
+                tracing::warn!(error = %rgcs_protocol::error_chain(&e), "network detach failed");
+            }
+        }
+        result
+    }
+    .await;
     storage.unmount(bridge, root).await;
     result
 }
@@ -253,7 +280,9 @@ async fn run_container(
     root: &ContainerRootfs,
 ) -> Result<i32, RunError> {
     let id = root.id.as_str();
-    let mut config = ContainerSpec::new(id, root.rootfs.clone(), process).config()?;
+    let mut spec = ContainerSpec::new(id, root.rootfs.clone(), process);
+    spec.hostname.clone_from(&opts.hostname);
+    let mut config = spec.config()?;
     if let Some(oci) = config.oci_specification.as_mut() {
         add_binds(oci, &root.binds);
     }
@@ -266,7 +295,12 @@ async fn run_container(
             stderr: !opts.tty,
         };
         let (pid, stdio) = client.execute_process(id, init_process(pipes)).await?;
-        let waited = client.wait_for_process(id, pid, None);
+        let waited = async {
+            tokio::select! {
+                w = client.wait_for_process(id, pid, None) => w,
+                never = proxy_signals(client, id, pid) => match never {},
+            }
+        };
         let resize = |rows: u16, cols: u16| async move {
             let _ = client.resize_console(id, pid, rows, cols).await;
         };
@@ -278,6 +312,65 @@ async fn run_container(
         tracing::warn!(error = %e, container = id, "delete container state failed");
     }
     result
+}
+
+/// How long a container has after a forwarded SIGINT/SIGTERM/SIGHUP before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Forwards SIGINT, SIGTERM and SIGHUP to the container's init (docker's sig-proxy). An init that
+/// ignores them (a container's PID 1 without handlers does) is killed when another arrives or
+/// [`STOP_GRACE`] after the first, as `docker stop` would. Never returns.
+async fn proxy_signals(client: &ContainerClient, id: &str, pid: u32) -> std::convert::Infallible {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::hangup(), libc::SIGHUP),
+    ];
+    let mut streams: Vec<_> = kinds
+        .iter()
+        .filter_map(|(k, n)| signal(*k).ok().map(|s| (s, *n)))
+        .collect();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = futures_select(&mut streams);
+        let got = match deadline {
+            Some(d) => tokio::time::timeout_at(d, next).await.ok(),
+            None => Some(next.await),
+        };
+        let kill = deadline.is_some();
+        let signo = got.unwrap_or(libc::SIGKILL);
+        let sent = if kill { None } else { Some(signo) };
+        tracing::info!(
+            signal = signo,
+            kill,
+            container = id,
+            "forwarding a signal to the container"
+        );
+        if let Err(e) = client.signal_process(id, pid, sent).await {
+            tracing::warn!(error = %e, "cannot signal the container");
+        }
+        if kill {
+            std::future::pending::<()>().await;
+        }
+        deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
+    }
+}
+
+/// The number of the first of `streams` to deliver a signal.
+async fn futures_select(streams: &mut [(tokio::signal::unix::Signal, i32)]) -> i32 {
+    if streams.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for (s, n) in streams.iter_mut() {
+            if s.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*n);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -316,6 +409,10 @@ mod tests {
             id: None,
             cache_dir: PathBuf::new(),
             scratch_size: 0,
+            network: NetworkMode::None,
+            ports: vec![],
+            dns: vec![],
+            hostname: None,
             boot: BootOptions::new("/nonexistent"),
         };
         let p = process_spec(&opts, &config).unwrap();

@@ -173,6 +173,7 @@ impl ProcessSpec {
             None => {}
         }
         p.set_user(user);
+        p.set_capabilities(Some(default_capabilities()));
         if let Some((h, w)) = self.console_size {
             let b = oci_spec::runtime::BoxBuilder::default()
                 .height(u64::from(h))
@@ -183,6 +184,39 @@ impl ProcessSpec {
         }
         p
     }
+}
+
+/// containerd's (and Docker's) default capability set, which is what hcsshim's host receives from
+/// containerd in a spec: bounding, effective and permitted; none inheritable or ambient.
+pub const DEFAULT_CAPABILITIES: &[oci_spec::runtime::Capability] = {
+    use oci_spec::runtime::Capability as C;
+    &[
+        C::Chown,
+        C::DacOverride,
+        C::Fsetid,
+        C::Fowner,
+        C::Mknod,
+        C::NetRaw,
+        C::Setgid,
+        C::Setuid,
+        C::Setfcap,
+        C::Setpcap,
+        C::NetBindService,
+        C::SysChroot,
+        C::Kill,
+        C::AuditWrite,
+    ]
+};
+
+fn default_capabilities() -> oci_spec::runtime::LinuxCapabilities {
+    let set: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let mut caps = oci_spec::runtime::LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    caps
 }
 
 /// A standalone container as hcsshim's host would describe it.

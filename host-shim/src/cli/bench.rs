@@ -1,4 +1,4 @@
-//! `rgcs bench boot|soak|storage|containers`.
+//! `rgcs bench boot|soak|storage|net|containers`.
 
 use std::process::ExitCode;
 
@@ -52,6 +52,23 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             let leaks = report.leaks();
             if !leaks.is_empty() {
                 anyhow::bail!("the soak leaked: {}", leaks.join("; "));
+            }
+        }
+        BenchCommand::Net {
+            vm,
+            mib,
+            rounds,
+            pings,
+            json,
+        } => {
+            check_runs(rounds)?;
+            check_runs(pings)?;
+            let report = bench::net::net(&vm.boot_options(), mib.max(1), rounds, pings)
+                .await
+                .context("network benchmark failed")?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                bench::write_json(&path, &report)?;
             }
         }
         BenchCommand::Storage { vm, image, mib, json } => {

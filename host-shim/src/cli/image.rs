@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use rgcs_client::ContainerClient;
 use rgcs_host_shim::image::{self, demo, Progress, TerminalProgress};
+use rgcs_host_shim::net::Network;
 use rgcs_host_shim::run::{self, RunOptions, Volume};
 use rgcs_host_shim::session::{Session, POWER_OFF_TIMEOUT};
 use rgcs_host_shim::{bench, scratch};
@@ -34,6 +35,23 @@ pub struct RunArgs {
     /// Container ID.
     #[arg(long)]
     name: Option<String>,
+    /// Network: none (only lo), user (NAT through QEMU's user-mode network) or netns:PATH (the
+    /// veth a CNI plugin put into the namespace at PATH).
+    #[arg(long, default_value = "user", value_name = "none|user|netns:PATH")]
+    network: String,
+    /// Publish a container port on the host (user network): `[HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]`. Repeatable.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:CTRPORT[/PROTO]"
+    )]
+    publish: Vec<String>,
+    /// DNS server for the container's resolv.conf (replaces the network's). Repeatable.
+    #[arg(long, value_name = "IP")]
+    dns: Vec<String>,
+    /// Hostname (default: the container ID).
+    #[arg(long)]
+    hostname: Option<String>,
     /// Scratch disk size in MiB (sparse).
     #[arg(long, default_value_t = 1024)]
     scratch_mib: u64,
@@ -60,7 +78,12 @@ pub async fn run(a: RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>, _>>()?;
+    let network = Network::parse(&a.network, &a.publish, &a.dns, a.hostname.as_deref())?;
     let opts = RunOptions {
+        network: network.mode,
+        ports: network.ports,
+        dns: network.dns,
+        hostname: a.hostname,
         image: a.image,
         command: a.command,
         env: a.env,

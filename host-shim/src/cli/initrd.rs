@@ -29,17 +29,11 @@ pub fn build(
         });
     }
     if let Some(bb) = busybox {
-        let taken: BTreeSet<String> = spec
-            .extras
-            .iter()
-            .map(|e| match e {
-                ExtraEntry::File { dest, .. }
-                | ExtraEntry::Symlink { dest, .. }
-                | ExtraEntry::Dir { dest, .. } => dest.clone(),
-            })
-            .collect();
+        let taken: BTreeSet<String> = spec.extras.iter().map(|e| e.dest().to_owned()).collect();
         spec.extras
             .extend(tools::busybox_with_applets(bb, &taken).context("cannot add busybox")?);
+        // DHCP for adapters without addresses: busybox udhcpc runs this script.
+        spec.extras.push(ExtraEntry::dhcp_script());
     }
     let report = initrd::build(&spec).context("cannot build the initrd")?;
     eprintln!(

@@ -69,7 +69,38 @@ pub const DEFAULT_LATE_MODULES: &[ModuleRequest] = &[
     ModuleRequest::required("dm-mod"),
     ModuleRequest::if_present("virtio_pmem"),
     ModuleRequest::if_present("nd_pmem"),
+    // NICs (hot-plugged virtio-net; `failover`/`net_failover` come from modules.dep), and tc's
+    // parts are not needed in the guest.
+    ModuleRequest::required("virtio_net"),
 ];
+
+/// Where the guest's DHCP client finds its event script (the agent's `DHCP_SCRIPT`).
+pub const DHCP_SCRIPT_PATH: &str = "/usr/share/rgcs/udhcpc.script";
+
+/// busybox `udhcpc`'s event script: addresses, MTU and default routes with busybox `ip`; DNS is
+/// not touched (the agent writes `resolv.conf` from the adapter, as hcsshim's guest does).
+pub const DHCP_SCRIPT: &str = include_str!("udhcpc.script");
+
+impl ExtraEntry {
+    /// Where the entry goes in the initrd.
+    pub fn dest(&self) -> &str {
+        match self {
+            Self::File { dest, .. }
+            | Self::Contents { dest, .. }
+            | Self::Symlink { dest, .. }
+            | Self::Dir { dest, .. } => dest,
+        }
+    }
+
+    /// The DHCP event script (needs busybox's `sh` and `ip` in the initrd).
+    pub fn dhcp_script() -> Self {
+        Self::Contents {
+            dest: DHCP_SCRIPT_PATH.to_owned(),
+            data: DHCP_SCRIPT.as_bytes().to_vec(),
+            mode: 0o755,
+        }
+    }
+}
 
 /// An extra entry to put into the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +111,15 @@ pub enum ExtraEntry {
         source: PathBuf,
         /// Absolute path inside the initrd.
         dest: String,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A file with the given contents at `dest`.
+    Contents {
+        /// Absolute path inside the initrd.
+        dest: String,
+        /// The bytes.
+        data: Vec<u8>,
         /// Permission bits.
         mode: u32,
     },
@@ -287,6 +327,9 @@ pub fn build(spec: &InitrdSpec) -> Result<InitrdReport, InitrdError> {
         match extra {
             ExtraEntry::File { source, dest, mode } => {
                 insert(&mut tree, dest, Node::File(*mode, read(source)?))?
+            }
+            ExtraEntry::Contents { dest, data, mode } => {
+                insert(&mut tree, dest, Node::File(*mode, data.clone()))?
             }
             ExtraEntry::Symlink { dest, target } => insert(&mut tree, dest, Node::Symlink(target.clone()))?,
             ExtraEntry::Dir { dest, mode } => insert(&mut tree, dest, Node::Dir(*mode))?,

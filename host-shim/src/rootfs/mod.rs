@@ -25,7 +25,8 @@ use rgcs_protocol::MessageId;
 use crate::image::ImportedImage;
 use crate::p9;
 use crate::scratch;
-use crate::vm::qmp::{DiskHandle, Qmp, QmpError};
+use crate::vm::qmp::{DiskHandle, QmpError};
+use crate::vm::SharedQmp;
 use crate::vm::{Uvm, VmError};
 use rgcs_client::bridge::{BridgeClient, ClientError};
 use rgcs_client::spec::bundle_path;
@@ -112,7 +113,7 @@ pub struct ContainerRootfs {
 
 /// Storage of one UVM: the QMP connection, LUNs, shared layer disks, the 9p server.
 pub struct UvmStorage {
-    qmp: Qmp,
+    qmp: SharedQmp,
     run_dir: PathBuf,
     used_luns: Vec<bool>,
     layers: HashMap<String, AttachedLayer>,
@@ -141,7 +142,7 @@ impl UvmStorage {
     /// Connects to the UVM's QMP socket.
     pub async fn new(uvm: &Uvm) -> Result<Self, RootfsError> {
         Ok(Self {
-            qmp: Qmp::connect(uvm.qmp_socket()).await?,
+            qmp: uvm.qmp().await?,
             run_dir: uvm.run_dir().to_path_buf(),
             used_luns: vec![false; usize::from(MAX_LUN) + 1],
             layers: HashMap::new(),
@@ -201,7 +202,13 @@ impl UvmStorage {
         read_only: bool,
     ) -> Result<DiskHandle, RootfsError> {
         let lun = self.take_lun()?;
-        let disk = match self.qmp.hotplug_scsi_disk(file, u16::from(lun), read_only).await {
+        let plugged = self
+            .qmp
+            .lock()
+            .await
+            .hotplug_scsi_disk(file, u16::from(lun), read_only)
+            .await;
+        let disk = match plugged {
             Ok(d) => d,
             Err(e) => {
                 self.free_lun(u16::from(lun));
@@ -231,7 +238,8 @@ impl UvmStorage {
         if let Err(e) = modify(bridge, RequestType::Remove, Resource::ScsiDevice(dev)).await {
             tracing::warn!(error = %e, lun, "guest-side SCSI unplug failed");
         }
-        match self.qmp.unplug(disk).await {
+        let unplugged = self.qmp.lock().await.unplug(disk).await;
+        match unplugged {
             Ok(()) => self.free_lun(disk.lun),
             Err(e) => tracing::warn!(error = %e, lun, "disk unplug failed; LUN stays reserved"),
         }

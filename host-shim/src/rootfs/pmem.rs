@@ -58,7 +58,8 @@ impl UvmStorage {
                     }
                 }
                 let port = crate::vm::pmem_port(u32::try_from(slot).unwrap_or(u32::MAX));
-                match self.qmp.hotplug_pmem(file, Some(&port)).await {
+                let plugged = self.qmp.lock().await.hotplug_pmem(file, Some(&port)).await;
+                match plugged {
                     Ok(handle) => {
                         self.pmem[slot] = Some(PmemSlot {
                             digest: digest.to_owned(),

@@ -5,10 +5,12 @@
 //! * [`term`] — raw mode, window sizes, `isatty`;
 //! * [`fs`] — `openat2` beneath a root, `lsetxattr`;
 //! * [`process`] — a child that dies with its parent (`PR_SET_PDEATHSIG`);
-//! * [`scm`] — descriptors over a Unix stream (`SCM_RIGHTS`).
+//! * [`scm`] — descriptors over a Unix stream (`SCM_RIGHTS`);
+//! * [`tap`] — tap devices for QEMU NICs.
 #![allow(unsafe_code)]
 
 pub mod fs;
 pub mod process;
 pub mod scm;
+pub mod tap;
 pub mod term;

@@ -146,6 +146,14 @@ pub fn pmem_port(i: u32) -> String {
     format!("pmem{i}")
 }
 
+/// PCIe root ports kept free for NIC hot-plug (one per network endpoint).
+pub const DEFAULT_NIC_SLOTS: u32 = 4;
+
+/// The PCIe root port id of NIC slot `i`.
+pub fn nic_port(i: u32) -> String {
+    format!("nic{i}")
+}
+
 /// Everything needed to start a UVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UvmConfig {
@@ -173,6 +181,8 @@ pub struct UvmConfig {
     pub run_dir_parent: PathBuf,
     /// PCIe root ports (and memory hot-plug slots) for virtio-pmem layer devices; 0 for none.
     pub pmem_slots: u32,
+    /// PCIe root ports for hot-plugged NICs; 0 for none.
+    pub nic_slots: u32,
 }
 
 impl UvmConfig {
@@ -191,6 +201,7 @@ impl UvmConfig {
             guest_cid: DEFAULT_GUEST_CID,
             run_dir_parent: PathBuf::from("/tmp"),
             pmem_slots: DEFAULT_PMEM_SLOTS,
+            nic_slots: DEFAULT_NIC_SLOTS,
         }
     }
 

@@ -30,7 +30,12 @@ use tokio::process::Command;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-pub use config::{pmem_port, Accel, ConfigError, ResolvedAccel, UvmConfig, DEFAULT_PMEM_SLOTS};
+pub use config::{
+    nic_port, pmem_port, Accel, ConfigError, ResolvedAccel, UvmConfig, DEFAULT_NIC_SLOTS, DEFAULT_PMEM_SLOTS,
+};
+
+/// The VM's shared QMP connection.
+pub type SharedQmp = Arc<Mutex<qmp::Qmp>>;
 pub use guest_log::{GuestLevel, GuestLogRecord, GuestLogs};
 pub use process::SpawnError;
 pub use rgcs_client::vsock::{VsockError, VsockListener};
@@ -149,6 +154,9 @@ pub struct Uvm {
     guest_logs: GuestLogs,
     entropy_delivered: Arc<AtomicUsize>,
     backend_exit: Arc<std::sync::OnceLock<Option<ExitStatus>>>,
+    /// The one QMP connection (QEMU serves one client at a time), shared by storage and networks.
+    qmp: tokio::sync::OnceCell<SharedQmp>,
+    nic_slots: u32,
     accel: ResolvedAccel,
     spawned_at: Instant,
     vsock_prefix: PathBuf,
@@ -222,6 +230,8 @@ impl Uvm {
             guest_logs,
             entropy_delivered,
             backend_exit,
+            qmp: tokio::sync::OnceCell::new(),
+            nic_slots: cfg.nic_slots,
             accel,
             pmem_slots: cfg.pmem_slots,
             spawned_at,
@@ -326,6 +336,23 @@ impl Uvm {
     /// QEMU's stdout/stderr log.
     pub fn qemu_log(&self) -> &Path {
         &self.qemu_log
+    }
+
+    /// The VM's QMP connection, opened on first use and shared by every user (QEMU serves one
+    /// QMP client at a time).
+    pub async fn qmp(&self) -> Result<SharedQmp, qmp::QmpError> {
+        self.qmp
+            .get_or_try_init(|| async {
+                let q = qmp::Qmp::connect(&self.qmp_socket).await?;
+                Ok(Arc::new(Mutex::new(q)))
+            })
+            .await
+            .cloned()
+    }
+
+    /// PCIe root ports for NIC hot-plug (`vm::nic_port(0..n)`).
+    pub fn nic_slots(&self) -> u32 {
+        self.nic_slots
     }
 
     /// The QMP socket (for hot-plugging disks).

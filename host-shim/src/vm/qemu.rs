@@ -112,6 +112,16 @@ pub fn qemu_argv(cfg: &UvmConfig, accel: ResolvedAccel, run_dir: &RunDir) -> Vec
             ),
         ]);
     }
+    for i in 0..cfg.nic_slots {
+        push(&[
+            &"-device",
+            &format!(
+                "pcie-root-port,id={},chassis={}",
+                super::config::nic_port(i),
+                cfg.pmem_slots + i + 1
+            ),
+        ]);
+    }
     let mut qmp = OsString::from("unix:");
     qmp.push(run_dir.qmp_socket());
     qmp.push(",server=on,wait=off");
@@ -184,6 +194,14 @@ mod tests {
             "pcie-root-port,id=pmem2,chassis=3",
             "-device",
             "pcie-root-port,id=pmem3,chassis=4",
+            "-device",
+            "pcie-root-port,id=nic0,chassis=5",
+            "-device",
+            "pcie-root-port,id=nic1,chassis=6",
+            "-device",
+            "pcie-root-port,id=nic2,chassis=7",
+            "-device",
+            "pcie-root-port,id=nic3,chassis=8",
             "-qmp",
             "unix:/tmp/rgcs-abc123/qmp.sock,server=on,wait=off",
         ];
@@ -196,6 +214,7 @@ mod tests {
         cfg.cpus = 2;
         cfg.memory_mib = 1024;
         cfg.pmem_slots = 0;
+        cfg.nic_slots = 0;
         let rd = RunDir::at("/tmp/rgcs-x");
         let tcg = joined(&qemu_argv(&cfg, ResolvedAccel::Tcg, &rd));
         assert_eq!(tcg[4..8], ["-accel", "tcg,thread=multi", "-cpu", "max"]);
@@ -214,7 +233,7 @@ mod tests {
         );
         assert!(
             !kvm.iter().any(|a| a.starts_with("pcie-root-port")),
-            "no pmem slots, no ports"
+            "no pmem or NIC slots, no ports"
         );
         // Without agent args there is no ` -- `.
         assert!(!kernel_cmdline(&cfg, ResolvedAccel::Kvm).contains("--"));

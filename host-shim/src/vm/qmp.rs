@@ -99,6 +99,38 @@ pub struct PmemHandle {
     pub file: PathBuf,
 }
 
+/// A hot-plugged NIC (`netdev_add` + `device_add virtio-net-pci` on a PCIe root port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicHandle {
+    /// The netdev id.
+    pub netdev: String,
+    /// The device id.
+    pub device: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// The PCIe root port it sits on.
+    pub port: String,
+}
+
+/// The host side of a NIC.
+#[derive(Debug)]
+pub enum NetdevSpec {
+    /// QEMU's user-mode network (libslirp): NAT, a DHCP and DNS server, host forwards.
+    User {
+        /// `net`, e.g. `10.0.2.0/24`.
+        net: String,
+        /// `host`: the gateway address (the host's loopback seen from the guest).
+        host: String,
+        /// `dns`: the DNS forwarder's address.
+        dns: String,
+        /// `hostfwd` rules at creation (`tcp:127.0.0.1:8080-10.0.2.15:80`).
+        forwards: Vec<String>,
+    },
+    /// A tap device the caller opened (in whatever network namespace), passed over `SCM_RIGHTS`.
+    /// `vhost=off`: this host has no `/dev/vhost-net`.
+    Tap(std::os::fd::OwnedFd),
+}
+
 /// A QMP connection in command mode.
 #[derive(Debug)]
 pub struct Qmp {
@@ -191,6 +223,11 @@ impl Qmp {
         bytes.push(b'\n');
         tracing::debug!(%command, "qmp execute");
         self.writer.write_all(&bytes).await?;
+        self.answer(command, &id).await
+    }
+
+    /// Reads until the answer with `id` (queueing events), bounded by [`COMMAND_TIMEOUT`].
+    async fn answer(&mut self, command: &str, id: &str) -> Result<Value, QmpError> {
         let fut = async {
             loop {
                 let v = self.read_message().await?;
@@ -198,7 +235,7 @@ impl Qmp {
                     self.events.push_back(v);
                     continue;
                 }
-                if v.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                if v.get("id").and_then(Value::as_str) != Some(id) {
                     continue;
                 }
                 if let Some(r) = v.get("return") {
@@ -219,6 +256,118 @@ impl Qmp {
                 what: format!("the answer to {command}"),
                 timeout: COMMAND_TIMEOUT,
             })?
+    }
+
+    /// Hot-plugs a virtio-net NIC with MAC `mac` on the free PCIe root port `port`.
+    pub async fn hotplug_nic(
+        &mut self,
+        netdev: NetdevSpec,
+        mac: &str,
+        port: &str,
+    ) -> Result<NicHandle, QmpError> {
+        let id = unique("rgcs-net");
+        let args = match netdev {
+            NetdevSpec::User {
+                net,
+                host,
+                dns,
+                forwards,
+            } => {
+                let fwd: Vec<Value> = forwards.iter().map(|f| json!({"str": f})).collect();
+                json!({"type": "user", "id": id, "net": net, "host": host, "dns": dns, "hostfwd": fwd})
+            }
+            NetdevSpec::Tap(fd) => {
+                let fdname = format!("{id}-fd");
+                self.execute_with_fd("getfd", json!({"fdname": fdname}), std::os::fd::AsFd::as_fd(&fd))
+                    .await?;
+                json!({"type": "tap", "id": id, "fd": fdname, "vhost": false})
+            }
+        };
+        self.execute("netdev_add", args).await?;
+        let device = format!("{id}-dev");
+        let added = self
+            .execute(
+                "device_add",
+                json!({"driver": "virtio-net-pci", "netdev": id, "mac": mac, "bus": port, "id": device}),
+            )
+            .await;
+        if let Err(e) = added {
+            let _ = self.execute("netdev_del", json!({"id": id})).await;
+            return Err(e);
+        }
+        tracing::info!(%mac, %port, %device, "nic hot-plugged");
+        Ok(NicHandle {
+            netdev: id,
+            device,
+            mac: mac.to_owned(),
+            port: port.to_owned(),
+        })
+    }
+
+    /// Detaches a NIC: `device_del`, wait for `DEVICE_DELETED`, `netdev_del`.
+    pub async fn unplug_nic(&mut self, nic: &NicHandle) -> Result<(), QmpError> {
+        self.remove_device(&nic.device).await?;
+        self.execute("netdev_del", json!({"id": nic.netdev})).await?;
+        tracing::info!(mac = %nic.mac, "nic unplugged");
+        Ok(())
+    }
+
+    /// Adds a user-network host forward at run time (`hostfwd_add`, HMP through QMP), e.g.
+    /// `tcp:127.0.0.1:8080-10.0.2.15:80`.
+    pub async fn hostfwd_add(&mut self, netdev: &str, rule: &str) -> Result<(), QmpError> {
+        self.hmp("hostfwd_add", &format!("hostfwd_add {netdev} {rule}"))
+            .await
+    }
+
+    /// Removes a host forward (`tcp:127.0.0.1:8080`: protocol, host address and port).
+    pub async fn hostfwd_remove(&mut self, netdev: &str, rule: &str) -> Result<(), QmpError> {
+        self.hmp("hostfwd_remove", &format!("hostfwd_remove {netdev} {rule}"))
+            .await
+    }
+
+    /// An HMP command; its text output is the error, if any.
+    async fn hmp(&mut self, name: &str, line: &str) -> Result<(), QmpError> {
+        let out = self
+            .execute("human-monitor-command", json!({"command-line": line}))
+            .await?;
+        match out.as_str().map(str::trim) {
+            None | Some("") => Ok(()),
+            Some(text) => Err(QmpError::Command {
+                command: name.to_owned(),
+                class: "HMP".into(),
+                desc: text.to_owned(),
+            }),
+        }
+    }
+
+    /// Like [`Qmp::execute`], with `fd` attached to the command (`SCM_RIGHTS`), for `getfd`.
+    async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        let id = unique("rgcs-");
+        let msg = json!({"execute": command, "id": id, "arguments": arguments});
+        let mut bytes = serde_json::to_vec(&msg).map_err(|e| QmpError::Malformed(e.to_string()))?;
+        bytes.push(b'\n');
+        let stream = self.writer.as_ref();
+        loop {
+            stream.writable().await?;
+            match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                crate::sys::scm::send_with_fds(std::os::fd::AsFd::as_fd(stream), &bytes, &[fd])
+            }) {
+                Ok(n) if n == bytes.len() => break,
+                Ok(n) => {
+                    return Err(QmpError::Malformed(format!(
+                        "short write of {command}: {n} bytes"
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.answer(command, &id).await
     }
 
     /// Waits for an event named `name` whose `data` satisfies `pred` (queued events first).
