@@ -6,6 +6,8 @@
 //! it; nothing is skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed step is a failed test
 
+pub mod cases;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -8,161 +8,27 @@
 //! initrd's `/bin/busybox` (`rgcs initrd build --busybox`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgcs_client::stdio::Captured;
 use rgcs_client::{
-    exec_process, init_process, prepare_busybox_rootfs, uvm_process, uvm_sh_ok, ContainerClient,
-    ContainerSpec, Pipes, ProcessSpec, ShutdownKind, UserSpec, BUSYBOX_ROOTFS,
+    exec_process, prepare_busybox_rootfs, uvm_process, uvm_sh_ok, ContainerClient, Pipes, ProcessSpec,
+    ShutdownKind, UserSpec, BUSYBOX_ROOTFS,
 };
 use rgcs_host_shim::session::Session;
 use rgcs_protocol::message::{NotificationType, PropertyType, UVM_CONTAINER_ID};
 use rgcs_protocol::HResult;
+use rgcs_tests::cases::{
+    busybox, create_and_start, ensure, err, exec, remove, run_container, sleeper, step, CaseResult, Cases,
+    STEP,
+};
 use rgcs_tests::{boot_options, init_logging};
 
-/// Per-step limit (TCG is slow; nothing legitimate takes this long).
-const STEP: Duration = Duration::from_secs(60);
-
-type CaseResult = Result<(), String>;
-
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> CaseResult {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg())
-    }
-}
-
-fn err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| {
-        let mut s = format!("{what}: {e}");
-        let mut src = e.source();
-        while let Some(inner) = src {
-            s.push_str(&format!(": {inner}"));
-            src = inner.source();
-        }
-        s
-    }
-}
-
-async fn step<T>(what: &str, f: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(STEP, f)
-        .await
-        .map_err(|_| format!("{what}: no answer within {STEP:?}"))
-}
-
-/// Creates `spec`'s container and starts its init with `pipes`; returns the init PID and stdio.
-async fn create_and_start(
-    c: &ContainerClient,
-    spec: &ContainerSpec,
-    pipes: Pipes,
-) -> Result<(u32, rgcs_client::stdio::HostStdio), String> {
-    let id = &spec.id;
-    let config = spec.config().map_err(err("spec"))?;
-    step("Create", c.create_container(id, config))
-        .await?
-        .map_err(err(&format!("Create {id}")))?;
-    step("Start", c.start(id))
-        .await?
-        .map_err(err(&format!("Start {id}")))?;
-    step(
-        "ExecuteProcess (init)",
-        c.execute_process(id, init_process(pipes)),
-    )
-    .await?
-    .map_err(err(&format!("ExecuteProcess init of {id}")))
-}
-
-/// Runs a container to completion: returns (exit code, output, notification type); deletes it.
-async fn run_container(
-    c: &ContainerClient,
-    spec: &ContainerSpec,
-    pipes: Pipes,
-    input: &[u8],
-) -> Result<(u32, Captured, NotificationType), String> {
-    let id = spec.id.clone();
-    let (pid, stdio) = create_and_start(c, spec, pipes).await?;
-    let (out, code) = tokio::join!(
-        stdio.capture_for(input, STEP),
-        step("WaitForProcess", c.wait_for_process(&id, pid, None))
-    );
-    let code = code?.map_err(err(&format!("WaitForProcess init of {id}")))?;
-    let out = out
-        .map_err(err("stdio"))?
-        .ok_or_else(|| format!("{id}: stdout/stderr did not reach EOF within {STEP:?}"))?;
-    let note = c
-        .wait_notification(&id, STEP)
-        .await
-        .map_err(err("notification"))?;
-    step("DeleteContainerState", c.delete_container_state(&id))
-        .await?
-        .map_err(err(&format!("DeleteContainerState {id}")))?;
-    Ok((code, out, note.notification_type))
-}
-
-/// Execs `p` in `id`, feeding `input`; returns (exit code, output).
-async fn exec(
-    c: &ContainerClient,
-    id: &str,
-    p: &ProcessSpec,
-    pipes: Pipes,
-    input: &[u8],
-) -> Result<(u32, Captured), String> {
-    let (pid, stdio) = step(
-        "ExecuteProcess (exec)",
-        c.execute_process(id, exec_process(p, pipes)),
-    )
-    .await?
-    .map_err(err(&format!("exec {:?} in {id}", p.args)))?;
-    let (out, code) = tokio::join!(
-        stdio.capture_for(input, STEP),
-        step("WaitForProcess", c.wait_for_process(id, pid, None))
-    );
-    let code = code?.map_err(err(&format!("WaitForProcess exec {pid} in {id}")))?;
-    let out = out
-        .map_err(err("stdio"))?
-        .ok_or_else(|| format!("exec {:?} in {id}: output did not end", p.args))?;
-    Ok((code, out))
-}
-
-fn spec(id: &str, args: &[&str]) -> ContainerSpec {
-    ContainerSpec::new(id, BUSYBOX_ROOTFS, ProcessSpec::new(args.iter().copied()))
-}
-
-/// A long-running container (init `sleep`), started without stdio.
-async fn sleeper(c: &ContainerClient, id: &str, memory: Option<u64>) -> Result<u32, String> {
-    let mut s = spec(id, &["/bin/sleep", "100000"]);
-    if let Some(m) = memory {
-        s = s.memory_limit(m);
-    }
-    let (pid, _stdio) = create_and_start(c, &s, Pipes::NONE).await?;
-    Ok(pid)
-}
-
-/// Kills a sleeper's init, waits for it and deletes the container.
-async fn remove(c: &ContainerClient, id: &str, pid: u32) -> CaseResult {
-    step("Shutdown", c.shutdown_container(id, ShutdownKind::Forced))
-        .await?
-        .map_err(err(&format!("ShutdownForced {id}")))?;
-    let code = step("WaitForProcess", c.wait_for_process(id, pid, None))
-        .await?
-        .map_err(err(&format!("WaitForProcess init of {id}")))?;
-    ensure(code == 137, || {
-        format!("{id}: forced shutdown exit code {code}, want 137")
-    })?;
-    let n = c.wait_notification(id, STEP).await.map_err(err("notification"))?;
-    ensure(n.notification_type == NotificationType::ForcedExit, || {
-        format!("{id}: notification {:?}, want ForcedExit", n.notification_type)
-    })?;
-    step("DeleteContainerState", c.delete_container_state(id))
-        .await?
-        .map_err(err(&format!("DeleteContainerState {id}")))
-}
+/// The init of a long-running container ([`sleeper`]).
+const SLEEP: &[&str] = &["/bin/sleep", "100000"];
 
 async fn case_init_stdio(c: &ContainerClient) -> CaseResult {
-    let (code, out, note) = run_container(c, &spec("init-true", &["/bin/true"]), Pipes::ALL, b"").await?;
+    let (code, out, note) = run_container(c, &busybox("init-true", &["/bin/true"]), Pipes::ALL, b"").await?;
     ensure(
         code == 0 && out.stdout.is_empty() && out.stderr.is_empty(),
         || format!("true: code {code}, output {out:?}"),
@@ -172,7 +38,7 @@ async fn case_init_stdio(c: &ContainerClient) -> CaseResult {
     })?;
     let (code, out, _) = run_container(
         c,
-        &spec("init-echo", &["/bin/echo", "hello", "world"]),
+        &busybox("init-echo", &["/bin/echo", "hello", "world"]),
         Pipes::ALL,
         b"",
     )
@@ -180,12 +46,17 @@ async fn case_init_stdio(c: &ContainerClient) -> CaseResult {
     ensure(code == 0 && out.stdout_text() == "hello world\n", || {
         format!("echo: code {code}, output {out:?}")
     })?;
-    let (code, out, _) =
-        run_container(c, &spec("init-cat", &["/bin/cat"]), Pipes::ALL, b"ping\npong\n").await?;
+    let (code, out, _) = run_container(
+        c,
+        &busybox("init-cat", &["/bin/cat"]),
+        Pipes::ALL,
+        b"ping\npong\n",
+    )
+    .await?;
     ensure(code == 0 && out.stdout_text() == "ping\npong\n", || {
         format!("cat: code {code}, output {out:?}")
     })?;
-    let s = spec("init-err", &["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let s = busybox("init-err", &["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]);
     let (code, out, _) = run_container(c, &s, Pipes::ALL, b"").await?;
     ensure(
         code == 3 && out.stdout_text() == "out\n" && out.stderr_text() == "err\n",
@@ -195,7 +66,7 @@ async fn case_init_stdio(c: &ContainerClient) -> CaseResult {
 
 async fn case_signals(c: &ContainerClient) -> CaseResult {
     // SignalProcess without options is SIGKILL: 137 and ForcedExit.
-    let pid = sleeper(c, "sig-kill", None).await?;
+    let pid = sleeper(c, busybox("sig-kill", SLEEP)).await?;
     step("SignalProcess", c.signal_process("sig-kill", pid, None))
         .await?
         .map_err(err("SignalProcess sig-kill"))?;
@@ -223,7 +94,7 @@ async fn case_signals(c: &ContainerClient) -> CaseResult {
         .map_err(err("DeleteContainerState sig-kill"))?;
 
     // SIGTERM to an exec (not a namespace init, so the default action applies): 143.
-    let pid = sleeper(c, "sig-term", None).await?;
+    let pid = sleeper(c, busybox("sig-term", SLEEP)).await?;
     let (epid, _s) = step(
         "exec",
         c.execute_process(
@@ -243,7 +114,7 @@ async fn case_signals(c: &ContainerClient) -> CaseResult {
     remove(c, "sig-term", pid).await?;
 
     // ShutdownGraceful: SIGTERM to init, which traps it; GracefulExit.
-    let s = spec(
+    let s = busybox(
         "shutdown-graceful",
         &[
             "/bin/sh",
@@ -287,7 +158,7 @@ async fn case_signals(c: &ContainerClient) -> CaseResult {
 
 async fn case_exec(c: &ContainerClient) -> CaseResult {
     let id = "exec";
-    let pid = sleeper(c, id, None).await?;
+    let pid = sleeper(c, busybox(id, SLEEP)).await?;
     let r = async {
         let (code, out) = exec(
             c,
@@ -383,8 +254,8 @@ fn memory_limit(p: &rgcs_protocol::message::Properties) -> Option<u64> {
 
 async fn case_memory_and_stats(c: &ContainerClient) -> CaseResult {
     let (a, b) = ("stats-a", "stats-b");
-    let pa = sleeper(c, a, Some(32 << 20)).await?;
-    let pb = sleeper(c, b, Some(64 << 20)).await?;
+    let pa = sleeper(c, busybox(a, SLEEP).memory_limit(32 << 20)).await?;
+    let pb = sleeper(c, busybox(b, SLEEP).memory_limit(64 << 20)).await?;
     let r = async {
         let sa = step("GetProperties", c.get_properties(a, &[PropertyType::Statistics]))
             .await?
@@ -490,7 +361,7 @@ async fn case_memory_and_stats(c: &ContainerClient) -> CaseResult {
 async fn case_orphan(c: &ContainerClient) -> CaseResult {
     // The init forks a child holding stdout, then exits: the init is reported exited, the
     // output ends (the namespace's processes die with its init), the notification arrives.
-    let s = spec("orphan", &["/bin/sh", "-c", "sleep 100000 & echo started"]);
+    let s = busybox("orphan", &["/bin/sh", "-c", "sleep 100000 & echo started"]);
     let (code, out, note) = run_container(c, &s, Pipes::ALL, b"").await?;
     ensure(code == 0 && out.stdout_text() == "started\n", || {
         format!("orphan: {code} {out:?}")
@@ -503,14 +374,14 @@ async fn case_orphan(c: &ContainerClient) -> CaseResult {
 async fn case_errors(c: &ContainerClient) -> CaseResult {
     let e = step(
         "Create",
-        c.create_container("dup", spec("dup", &["/bin/true"]).config().unwrap()),
+        c.create_container("dup", busybox("dup", &["/bin/true"]).config().unwrap()),
     )
     .await?
     .err();
     ensure(e.is_none(), || format!("create dup: {e:?}"))?;
     let e = step(
         "Create",
-        c.create_container("dup", spec("dup", &["/bin/true"]).config().unwrap()),
+        c.create_container("dup", busybox("dup", &["/bin/true"]).config().unwrap()),
     )
     .await?
     .err();
@@ -564,7 +435,7 @@ echo "bundles $(ls /run/gcs/c 2>/dev/null | wc -l)"
 
 async fn case_no_leaks(c: &ContainerClient) -> CaseResult {
     let cycle = |i: usize| async move {
-        let s = spec(&format!("cycle-{i}"), &["/bin/true"]);
+        let s = busybox(&format!("cycle-{i}"), &["/bin/true"]);
         let (code, _out, _note) = run_container(c, &s, Pipes::OUTPUT, b"").await?;
         ensure(code == 0, || format!("cycle {i}: exit code {code}"))
     };
@@ -747,32 +618,29 @@ async fn containers_run_in_a_real_uvm() {
         .await
         .expect("busybox rootfs in the UVM (needs an initrd built with --busybox, scripts/build.sh)");
 
-    let mut failures = Vec::new();
-    let mut passed = Vec::new();
-    macro_rules! case {
-        ($name:literal, $f:expr) => {{
-            let r = $f.await;
-            match r {
-                Ok(()) => passed.push($name),
-                Err(e) => {
-                    eprintln!("case {} FAILED: {e}", $name);
-                    failures.push(format!("{}: {e}", $name));
-                }
-            }
-        }};
-    }
-    case!("uvm process", case_uvm_process(c));
-    case!("init stdio (true, echo, cat, exit 3)", case_init_stdio(c));
-    case!("signals (137, 143, graceful)", case_signals(c));
-    case!("exec (stdio, user, cwd, env, tty resize)", case_exec(c));
-    case!(
-        "memory limit, statistics, process list, constraints",
-        case_memory_and_stats(c)
-    );
-    case!("forked child outliving init", case_orphan(c));
-    case!("errors", case_errors(c));
-    case!("control socket (the CLI's path)", case_control_socket(&client));
-    case!("50 create/delete cycles leave nothing behind", case_no_leaks(c));
+    let mut cases = Cases::new();
+    cases.run("uvm process", case_uvm_process(c)).await;
+    cases
+        .run("init stdio (true, echo, cat, exit 3)", case_init_stdio(c))
+        .await;
+    cases.run("signals (137, 143, graceful)", case_signals(c)).await;
+    cases
+        .run("exec (stdio, user, cwd, env, tty resize)", case_exec(c))
+        .await;
+    cases
+        .run(
+            "memory limit, statistics, process list, constraints",
+            case_memory_and_stats(c),
+        )
+        .await;
+    cases.run("forked child outliving init", case_orphan(c)).await;
+    cases.run("errors", case_errors(c)).await;
+    cases
+        .run("control socket (the CLI's path)", case_control_socket(&client))
+        .await;
+    cases
+        .run("50 create/delete cycles leave nothing behind", case_no_leaks(c))
+        .await;
 
     // Exactly one notification per container that ran an init (each case waited for the first;
     // a second one would be fatal for hcsshim's bridge, §4.17).
@@ -793,14 +661,14 @@ async fn containers_run_in_a_real_uvm() {
     ] {
         let n = client.notifications(id).len();
         if n > 1 {
-            failures.push(format!(
-                "notifications: container {id} got {n} notifications, want exactly 1"
-            ));
+            cases.fail(
+                "notifications",
+                &format!("container {id} got {n} notifications, want exactly 1"),
+            );
         }
     }
-    eprintln!("passed cases: {passed:?}");
     let _ = client.bridge().shutdown_uvm(true).await;
     let _ = uvm.wait(Duration::from_secs(30)).await;
     uvm.shutdown().await;
-    assert!(failures.is_empty(), "failed cases:\n{}", failures.join("\n"));
+    cases.finish();
 }

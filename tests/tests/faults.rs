@@ -8,13 +8,12 @@
 //! test lists every failed case at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rgcs_client::{
-    exec_process, init_process, prepare_busybox_rootfs, uvm_sh_ok, BridgeClient, ContainerClient,
-    ContainerSpec, Pipes, ProcessSpec, BUSYBOX_ROOTFS,
+    exec_process, prepare_busybox_rootfs, uvm_sh_ok, BridgeClient, ContainerClient, Pipes, ProcessSpec,
+    BUSYBOX_ROOTFS,
 };
 use rgcs_host_shim::session::Session;
 use rgcs_host_shim::vm::qmp::Qmp;
@@ -24,29 +23,8 @@ use rgcs_protocol::message::{
     RequestType, Resource, UVM_CONTAINER_ID,
 };
 use rgcs_protocol::{error_chain, HResult, MessageId};
+use rgcs_tests::cases::{busybox, create_and_start, ensure, err, sleeper, step, CaseResult, Cases, STEP};
 use rgcs_tests::{boot_options, init_logging, processes_mentioning, wait_until};
-
-const STEP: Duration = Duration::from_secs(60);
-
-type CaseResult = Result<(), String>;
-
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> CaseResult {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg())
-    }
-}
-
-fn err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{what}: {}", error_chain(&e))
-}
-
-async fn step<T>(what: &str, f: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(STEP, f)
-        .await
-        .map_err(|_| format!("{what}: no answer within {STEP:?}"))
-}
 
 /// A MappedVirtualDisk request on the UVM; the HRESULT.
 async fn disk(c: &ContainerClient, request: RequestType, d: MappedVirtualDisk) -> Result<HResult, String> {
@@ -63,20 +41,6 @@ async fn disk(c: &ContainerClient, request: RequestType, d: MappedVirtualDisk) -
         Ok(_) => Ok(HResult::S_OK),
         Err(e) => e.hresult().ok_or_else(|| format!("ModifySettings: {e}")),
     }
-}
-
-/// A container `id` running `args` over the busybox rootfs; its init PID.
-async fn running(c: &ContainerClient, spec: ContainerSpec) -> Result<u32, String> {
-    let id = spec.id.clone();
-    let cfg = spec.config().map_err(err("spec"))?;
-    step("Create", c.create_container(&id, cfg))
-        .await?
-        .map_err(err("Create"))?;
-    step("Start", c.start(&id)).await?.map_err(err("Start"))?;
-    let (pid, _) = step("init", c.execute_process(&id, init_process(Pipes::NONE)))
-        .await?
-        .map_err(err("init"))?;
-    Ok(pid)
 }
 
 async fn case_shell_and_tools(c: &ContainerClient) -> CaseResult {
@@ -154,11 +118,7 @@ async fn case_ensure_filesystem(c: &ContainerClient, uvm: &Uvm, work: &std::path
 
 async fn case_bridge_dropped_mid_flight(uvm: &Uvm, client: &mut Arc<ContainerClient>) -> CaseResult {
     let c = Arc::clone(client);
-    let pid = running(
-        &c,
-        ContainerSpec::new("survivor", BUSYBOX_ROOTFS, ProcessSpec::new(["sleep", "100000"])),
-    )
-    .await?;
+    let pid = sleeper(&c, busybox("survivor", &["sleep", "100000"])).await?;
     // A wait and an exec in flight when the host goes away.
     let waiting = {
         let c = Arc::clone(&c);
@@ -222,11 +182,7 @@ async fn case_bridge_dropped_mid_flight(uvm: &Uvm, client: &mut Arc<ContainerCli
 }
 
 async fn case_init_killed_from_outside(c: &ContainerClient) -> CaseResult {
-    let pid = running(
-        c,
-        ContainerSpec::new("victim", BUSYBOX_ROOTFS, ProcessSpec::new(["sleep", "100000"])),
-    )
-    .await?;
+    let pid = sleeper(c, busybox("victim", &["sleep", "100000"])).await?;
     step("kill -9 from the UVM", uvm_sh_ok(c, &format!("kill -9 {pid}")))
         .await?
         .map_err(err("kill"))?;
@@ -248,13 +204,12 @@ async fn case_init_killed_from_outside(c: &ContainerClient) -> CaseResult {
 
 async fn case_oom_kill(c: &ContainerClient) -> CaseResult {
     // The init itself needs more than its limit: OOM-killed (137), counted, notified.
-    let spec = ContainerSpec::new(
+    let spec = busybox(
         "oom",
-        BUSYBOX_ROOTFS,
-        ProcessSpec::new(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]),
+        &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     )
     .memory_limit(32 << 20);
-    let pid = running(c, spec).await?;
+    let (pid, _stdio) = create_and_start(c, &spec, Pipes::NONE).await?;
     let code = step("wait", c.wait_for_process("oom", pid, None))
         .await?
         .map_err(err("wait"))?;
@@ -344,49 +299,47 @@ async fn faults_and_tools_in_one_uvm() {
     prepare_busybox_rootfs(&client, BUSYBOX_ROOTFS)
         .await
         .expect("busybox rootfs");
-    let mut failures = Vec::new();
-    macro_rules! case {
-        ($name:expr, $body:expr) => {{
-            let r: CaseResult = $body.await;
-            eprintln!("{} {}", if r.is_ok() { "ok  " } else { "FAIL" }, $name);
-            if let Err(e) = r {
-                failures.push(format!("{}: {e}", $name));
-            }
-        }};
-    }
-    case!(
-        "the UVM has a shell and tools (sh, dmesg, mount, sleep, cat, mkfs.ext4)",
-        case_shell_and_tools(&client)
-    );
-    case!(
-        "EnsureFilesystem formats a raw SCSI disk",
-        case_ensure_filesystem(&client, &uvm, work.path())
-    );
-    case!(
-        "the host drops the bridge under in-flight requests; containers survive",
-        case_bridge_dropped_mid_flight(&uvm, &mut client)
-    );
-    case!(
-        "a container init killed from outside the agent",
-        case_init_killed_from_outside(&client)
-    );
-    case!(
-        "an OOM kill is in Statistics and the notification",
-        case_oom_kill(&client)
-    );
-    case!(
-        "a SCSI disk yanked while mounted",
-        case_disk_yanked(&client, &uvm, work.path())
-    );
+    let mut cases = Cases::new();
+    cases
+        .run(
+            "the UVM has a shell and tools (sh, dmesg, mount, sleep, cat, mkfs.ext4)",
+            case_shell_and_tools(&client),
+        )
+        .await;
+    cases
+        .run(
+            "EnsureFilesystem formats a raw SCSI disk",
+            case_ensure_filesystem(&client, &uvm, work.path()),
+        )
+        .await;
+    cases
+        .run(
+            "the host drops the bridge under in-flight requests; containers survive",
+            case_bridge_dropped_mid_flight(&uvm, &mut client),
+        )
+        .await;
+    cases
+        .run(
+            "a container init killed from outside the agent",
+            case_init_killed_from_outside(&client),
+        )
+        .await;
+    cases
+        .run(
+            "an OOM kill is in Statistics and the notification",
+            case_oom_kill(&client),
+        )
+        .await;
+    cases
+        .run(
+            "a SCSI disk yanked while mounted",
+            case_disk_yanked(&client, &uvm, work.path()),
+        )
+        .await;
     let _ = client.bridge().shutdown_uvm(true).await;
     let _ = uvm.wait(Duration::from_secs(30)).await;
     uvm.shutdown().await;
-    assert!(
-        failures.is_empty(),
-        "{} fault case(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    cases.finish();
 }
 
 /// The vsock backend dies on the host: host-shim says so and takes the VM down, and nothing of it
