@@ -150,6 +150,46 @@ pub enum RunError {
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// The container's program cannot be run: docker's 127 (not found) or 126 (not executable).
+    #[error("{message}")]
+    Program {
+        /// 127 or 126.
+        code: u8,
+        /// The guest's reason.
+        message: String,
+    },
+}
+
+impl RunError {
+    /// The command's exit status for this error: docker's 127/126 when the program cannot be
+    /// run, 125 for every failure of rgcs itself.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Program { code, .. } => *code,
+            _ => 125,
+        }
+    }
+}
+
+/// A Create refused because the program does not exist (127) or cannot be executed (126), from
+/// the executor's reason as docker reads runc's.
+fn program_error(e: &ContainerError) -> Option<RunError> {
+    let text = rgcs_protocol::error_chain(e);
+    let code = if text.contains("not found in $PATH") {
+        127
+    } else if text.contains("does not have correct permissions") {
+        126
+    } else {
+        return None;
+    };
+    let reason = text
+        .rsplit_once(": ")
+        .map_or(text.as_str(), |(_, r)| r)
+        .to_owned();
+    Some(RunError::Program {
+        code,
+        message: format!("the container's program cannot be run: {reason}"),
+    })
 }
 
 /// Layers of one image (the scratch disk and every layer take a LUN of controller 0).
@@ -286,7 +326,10 @@ async fn run_container(
     if let Some(oci) = config.oci_specification.as_mut() {
         add_binds(oci, &root.binds);
     }
-    client.create_container(id, config).await?;
+    client
+        .create_container(id, config)
+        .await
+        .map_err(|e| program_error(&e).unwrap_or(RunError::Container(e)))?;
     let result = async {
         client.start(id).await?;
         let pipes = Pipes {

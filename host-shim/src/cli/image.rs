@@ -95,8 +95,14 @@ pub async fn run(a: RunArgs) -> Result<ExitCode> {
         scratch_size: (a.scratch_mib << 20).max(scratch::MIN_SIZE),
         boot: a.vm.boot_options(),
     };
-    let code = run::run(opts).await.context("run failed")?;
-    Ok(ExitCode::from(u8::try_from(code & 0xFF).unwrap_or(1)))
+    match run::run(opts).await {
+        Ok(code) => Ok(ExitCode::from(u8::try_from(code & 0xFF).unwrap_or(1))),
+        Err(e @ run::RunError::Program { .. }) => {
+            eprintln!("rgcs: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+        Err(e) => Err(e).context("run failed"),
+    }
 }
 
 /// `rgcs image import PATH`: one cached ext4 image per layer; prints them (or JSON).

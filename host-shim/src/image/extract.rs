@@ -116,6 +116,47 @@ pub fn extract<R: Read>(
     Ok(x.stats)
 }
 
+/// Whether `h` (the first 512 bytes of a stream) is a tar header: its checksum field (octal, at
+/// 148..156) equals the sum of the header's bytes with that field counted as spaces. An empty
+/// archive (a zero block) counts as tar too.
+pub fn is_tar_header(h: &[u8]) -> bool {
+    if h.len() < 512 {
+        return false;
+    }
+    let h = &h[..512];
+    if h.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let field = &h[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| char::from(b))
+        .collect();
+    let Ok(want) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+        .sum();
+    sum == want
+}
+
+/// The tar crate quotes header bytes in its errors (a text file read as a tar puts its first
+/// lines there): keep the kind, escape control characters and cut the text short, so no input
+/// reaches a terminal raw or at length.
+fn tame(e: io::Error) -> io::Error {
+    const MAX: usize = 160;
+    let text = e.to_string();
+    let mut out: String = text.chars().flat_map(char::escape_debug).take(MAX).collect();
+    if out.len() < text.escape_debug().to_string().len() {
+        out.push('…');
+    }
+    io::Error::new(e.kind(), out)
+}
+
 struct Extractor<'a> {
     dest: &'a Path,
     layer: &'a str,
@@ -138,7 +179,7 @@ impl Extractor<'_> {
     fn read_err(&self, source: io::Error) -> ExtractError {
         ExtractError::Read {
             layer: self.layer.to_owned(),
-            source,
+            source: tame(source),
         }
     }
 

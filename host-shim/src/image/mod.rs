@@ -57,6 +57,9 @@ pub enum ImageError {
         /// What is wrong.
         why: String,
     },
+    /// The path is neither a directory nor a (gzipped) tar archive.
+    #[error("{0} is not an image: expected an OCI layout directory, an OCI tar or a docker-save tar")]
+    NotAnImage(PathBuf),
     /// A digest algorithm other than sha256.
     #[error("unsupported digest {0} (only sha256)")]
     UnsupportedDigest(String),
@@ -337,11 +340,22 @@ fn unpack_archive(path: &Path, dest: &Path) -> Result<(), ImageError> {
         .fill_buf()
         .map_err(|e| io_err("read", e))?
         .starts_with(&[0x1f, 0x8b]);
-    let src: Box<dyn Read> = if gzip {
+    let mut src: Box<dyn Read> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(buf))
     } else {
         Box::new(buf)
     };
+    // The first header must be a tar header (valid checksum), or this is not an image at all:
+    // say so rather than quote whatever file it is.
+    let mut head = Vec::with_capacity(512);
+    (&mut src)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(|e| io_err("read", e))?;
+    if !extract::is_tar_header(&head) {
+        return Err(ImageError::NotAnImage(path.to_path_buf()));
+    }
+    let src = std::io::Cursor::new(head).chain(src);
     let name = path.display().to_string();
     extract::extract(src, dest, &name, ApplyMode::Plain)
         .map_err(|source| ImageError::Extract { digest: name, source })?;

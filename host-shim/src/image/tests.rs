@@ -441,3 +441,30 @@ fn truncated_gzip_is_a_read_error() {
     assert_eq!(fs::read_dir(cache.join(CACHE_VERSION)).unwrap().count(), 0);
     assert_eq!(fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
 }
+
+/// `rgcs run /etc/passwd` used to print the file inside its error: a file that is not a tar is
+/// now "not an image", and no byte of it appears in the message.
+#[test]
+fn a_file_that_is_not_an_archive_is_not_an_image_and_is_not_quoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = "root:x:0:0:secret-line:/root:/bin/bash\n\u{1b}[2J".repeat(40);
+    for (name, bytes) in [
+        ("passwd", secret.clone().into_bytes()),
+        ("passwd.gz", gzip(secret.as_bytes())),
+        ("short", b"abc".to_vec()),
+    ] {
+        let f = tmp.path().join(name);
+        std::fs::write(&f, &bytes).unwrap();
+        let e = import(&f, &tmp.path().join("cache"), &NoProgress).unwrap_err();
+        let text = rgcs_protocol::error_chain(&e);
+        assert!(matches!(e, ImageError::NotAnImage(_)), "{name}: {text}");
+        assert!(
+            !text.contains("secret-line") && !text.contains('\u{1b}'),
+            "{name}: {text}"
+        );
+    }
+    // A real (empty) tar still reads as one.
+    let empty = Builder::new(Vec::new()).into_inner().unwrap();
+    assert!(extract::is_tar_header(&empty));
+    assert!(extract::is_tar_header(&layers()[0]));
+}
