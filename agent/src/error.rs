@@ -119,6 +119,15 @@ pub enum GcsError {
     /// The request is valid but this build of rgcs does not support it yet.
     #[error("{0} is not supported by this guest")]
     Unsupported(String),
+    /// A pod rule refused the container (hcsshim's texts: no sandbox ID, unknown pod, a workload
+    /// hostname, a mount source outside its base, a sandbox deleted before its workloads).
+    #[error("container {id:?}: {reason}")]
+    Pod {
+        /// The container.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// A network request (or the network part of a Create) failed; the source says why.
     #[error("network request failed")]
     Network(#[from] crate::network::NetworkError),
@@ -150,6 +159,7 @@ impl GcsError {
             Self::Network(crate::network::NetworkError::NamespaceNotFound(_)) => HResult::NOT_FOUND,
             Self::Network(_) => HResult::FAIL,
             Self::Runtime { .. }
+            | Self::Pod { .. }
             | Self::Io { .. }
             | Self::Unsupported(_)
             | Self::Internal(_)

@@ -45,6 +45,8 @@ pub struct Host {
     pub storage: Arc<crate::storage::Storage>,
     /// Containers.
     pub containers: Registry,
+    /// Pods: each sandbox's root and workloads.
+    pub pods: crate::container::pod::Pods,
     /// Network namespaces and their NICs.
     pub networks: crate::network::Networks,
     /// Processes run in the UVM itself (null container ID).
@@ -80,6 +82,7 @@ impl Host {
                 crate::storage::StorageConfig::default(),
             )),
             containers: Registry::default(),
+            pods: crate::container::pod::Pods::default(),
             networks,
             uvm_processes: ProcessTable::default(),
             executor: None,

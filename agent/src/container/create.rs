@@ -8,6 +8,7 @@ use std::time::Instant;
 use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
 use rgcs_protocol::message::{ContainerConfig, ContainerNotification, RequestBase};
 
+use super::pod;
 use super::registry::{Container, NewContainer};
 use super::spec::{self, Kind};
 use super::user;
@@ -103,11 +104,94 @@ fn check_bundle(path: &str) -> Result<(), GcsError> {
     Ok(())
 }
 
+/// A container's place in the pod model: where its cgroup goes, which directory its `/etc`
+/// files come from, and what Create must undo if it fails.
+#[derive(Debug)]
+enum Membership {
+    /// No pod: cgroup `/containers/<id>`, files in its own bundle.
+    Standalone,
+    /// The sandbox of pod `<id>`, rooted at its bundle.
+    Sandbox,
+    /// A workload of pod `sid`, rooted at `root` (the sandbox's bundle).
+    Workload {
+        /// The sandbox's ID.
+        sid: String,
+        /// The pod's root.
+        root: PathBuf,
+    },
+}
+
+impl Membership {
+    /// Joins the pod model: a sandbox registers its pod and makes its directories; a workload
+    /// is checked (hcsshim: no hostname of its own) and joins a pod that must exist.
+    fn enter(host: &Host, kind: &Kind, id: &str, bundle: &Path, spec: &Spec) -> Result<Self, GcsError> {
+        let refuse = |reason: String| GcsError::Pod {
+            id: id.to_owned(),
+            reason,
+        };
+        match kind {
+            Kind::Standalone => Ok(Self::Standalone),
+            Kind::Sandbox => {
+                host.pods.add(id, bundle).map_err(refuse)?;
+                if let Err(e) = pod::make_dirs(bundle) {
+                    host.pods.remove(id);
+                    return Err(refuse(e));
+                }
+                Ok(Self::Sandbox)
+            }
+            Kind::Workload(sid) => {
+                if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+                    return Err(refuse(format!(
+                        "workload container must not change hostname: {h}"
+                    )));
+                }
+                let root = host.pods.join(sid, id).map_err(refuse)?;
+                Ok(Self::Workload {
+                    sid: sid.clone(),
+                    root,
+                })
+            }
+        }
+    }
+
+    /// The container's cgroup.
+    fn cgroup(&self, id: &str) -> String {
+        match self {
+            Self::Standalone => spec::cgroup_path(id),
+            Self::Sandbox => pod::cgroup_path(id, id),
+            Self::Workload { sid, .. } => pod::cgroup_path(sid, id),
+        }
+    }
+
+    /// Where tee logs go (`<root>/logs/`).
+    fn root<'a>(&'a self, bundle: &'a Path) -> &'a Path {
+        match self {
+            Self::Standalone | Self::Sandbox => bundle,
+            Self::Workload { root, .. } => root,
+        }
+    }
+
+    /// Undoes [`Membership::enter`] after a failed Create.
+    fn undo(&self, host: &Host, id: &str, bundle: &Path) {
+        match self {
+            Self::Standalone => {}
+            Self::Sandbox => {
+                pod::remove_dirs(bundle);
+                pod::remove_pod_cgroup(Path::new(CGROUP_ROOT), id);
+                host.pods.remove(id);
+            }
+            Self::Workload { sid, .. } => host.pods.leave(sid, id),
+        }
+    }
+}
+
+/// Where the UVM's cgroup file system is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// The whole Create, after the ID was reserved.
 pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig) -> Result<(), GcsError> {
-    let exec = host.executor()?.clone();
     let id = base.container_id.as_str();
-    let mut spec = cfg
+    let spec = cfg
         .oci_specification
         .clone()
         .ok_or_else(|| invalid(id, "OciSpecification is missing"))?;
@@ -116,21 +200,54 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
         return Err(invalid(id, format!("OciBundlePath {bundle:?} is not absolute")));
     }
     check_bundle(&cfg.oci_bundle_path)?;
-    let kind = spec::kind(&spec);
+    let kind = spec::kind(&spec).map_err(|reason| GcsError::Pod {
+        id: id.to_owned(),
+        reason,
+    })?;
     let net = network_plan(host, &spec, &kind).await?;
-    std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
-    let files_dir = match &kind {
-        Kind::Standalone | Kind::Sandbox => {
+    let member = Membership::enter(host, &kind, id, &bundle, &spec)?;
+    let result = create_member(host, base, spec, &bundle, &member, net).await;
+    if result.is_err() {
+        member.undo(host, id, &bundle);
+    }
+    result
+}
+
+/// Create for a container whose place in the pod model is settled.
+async fn create_member(
+    host: &Arc<Host>,
+    base: &RequestBase,
+    mut spec: Spec,
+    bundle: &Path,
+    member: &Membership,
+    net: Option<NetworkPlan>,
+) -> Result<(), GcsError> {
+    let exec = host.executor()?.clone();
+    let id = base.container_id.as_str();
+    std::fs::create_dir_all(bundle).map_err(io(format!("create {}", bundle.display())))?;
+    let pod_err = |reason: String| GcsError::Pod {
+        id: id.to_owned(),
+        reason,
+    };
+    // The `/etc` files: written by sandboxes and standalone containers, bind-mounted by
+    // standalone containers and workloads (hcsshim mounts none into the sandbox itself).
+    let files_dir = match member {
+        Membership::Standalone | Membership::Sandbox => {
             let dns = match &net {
                 Some(n) => host.networks.dns(&n.ns).await,
                 None => Default::default(),
             };
-            write_etc_files(&bundle, &spec, id, &dns)?;
-            Some(bundle.clone())
+            write_etc_files(bundle, &spec, id, &dns)?;
+            matches!(member, Membership::Standalone).then(|| bundle.to_path_buf())
         }
-        Kind::Workload(sid) => host.containers.get(sid).ok().map(|s| s.bundle.clone()),
+        Membership::Workload { root, .. } => {
+            pod::rewrite_mounts(&mut spec, root).map_err(pod_err)?;
+            pod::apply_workload_annotations(&mut spec).map_err(pod_err)?;
+            Some(root.clone())
+        }
     };
-    spec::adjust(&mut spec, id, files_dir.as_deref()).map_err(|e| invalid(id, e))?;
+    let tee = pod::tee_log_path(&spec, member.root(bundle)).map_err(pod_err)?;
+    spec::adjust(&mut spec, &member.cgroup(id), files_dir.as_deref()).map_err(|e| invalid(id, e))?;
     let root = spec
         .root()
         .as_ref()
@@ -167,7 +284,7 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
 
     let proc_dir = exec.run_dir.join("procs").join(id);
     std::fs::create_dir_all(&proc_dir).map_err(io(format!("create {}", proc_dir.display())))?;
-    let built = build(&exec, id, &bundle, &proc_dir, terminal).await;
+    let built = build(&exec, id, bundle, &proc_dir, terminal).await;
     let (pid, spawned_at, stdio) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -176,22 +293,25 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
         }
     };
     let watch = host.reaper.watch(pid, spawned_at);
-    if let Some(n) = &net {
-        // The NICs move into the init's namespace before Create answers (§6.6 step 4).
-        if let Err(e) = host.networks.attach(&n.ns, n.create, id, pid, n.own_netns).await {
-            if let Err(d) = exec.zygote.delete(id).await {
-                tracing::warn!(container_id = %id, error = %d, "cleaning up after a network failure");
-            }
-            let _ = std::fs::remove_dir_all(&proc_dir);
-            return Err(e.into());
+    if let Err(e) = after_build(host, id, member, &spec, net.as_ref(), pid).await {
+        if let Err(d) = exec.zygote.delete(id).await {
+            tracing::warn!(container_id = %id, error = %d, "cleaning up after a failed create");
         }
+        let _ = std::fs::remove_dir_all(&proc_dir);
+        return Err(e);
     }
     let c = Container::new(NewContainer {
         id: id.to_owned(),
         activity_id: base.activity_id.clone(),
-        bundle,
+        bundle: bundle.to_path_buf(),
         rootfs,
         owns_pid_ns: owns_pid_ns(&spec),
+        sandbox_id: match member {
+            Membership::Standalone => None,
+            Membership::Sandbox => Some(id.to_owned()),
+            Membership::Workload { sid, .. } => Some(sid.clone()),
+        },
+        tee_log: tee,
         spec,
         user: resolved,
         proc_dir,
@@ -200,6 +320,31 @@ pub async fn create(host: &Arc<Host>, base: &RequestBase, cfg: &ContainerConfig)
     });
     host.containers.publish(Arc::clone(&c));
     tokio::spawn(watch_init(Arc::clone(host), exec, c, watch));
+    Ok(())
+}
+
+/// What follows the executor's create: the pod's resources on `/pods/<sid>` (a sandbox), then
+/// the NICs moved into the init's namespace before Create answers (§6.6 step 4).
+async fn after_build(
+    host: &Host,
+    id: &str,
+    member: &Membership,
+    spec: &Spec,
+    net: Option<&NetworkPlan>,
+    pid: ProcessId,
+) -> Result<(), GcsError> {
+    if matches!(member, Membership::Sandbox) {
+        let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        pod::apply_pod_resources(Path::new(CGROUP_ROOT), id, res).map_err(|reason| GcsError::Pod {
+            id: id.to_owned(),
+            reason,
+        })?;
+    }
+    if let Some(n) = net {
+        host.networks
+            .attach(&n.ns, n.create, id, pid, n.own_netns)
+            .await?;
+    }
     Ok(())
 }
 

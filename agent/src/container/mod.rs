@@ -6,10 +6,12 @@
 //! * [`create`](mod@create) — the Create flow;
 //! * [`spec`] / [`user`] — spec adjustments and user resolution (pure);
 //! * [`runtime`] — the zygote and its IPC (the only libcontainer user);
-//! * [`metrics`] — cgroup statistics in the `LCOWMetrics` shape.
+//! * [`metrics`] — cgroup statistics in the `LCOWMetrics` shape;
+//! * [`pod`] — sandboxes, workloads and their pod (directories, mount sources, cgroups).
 
 pub mod create;
 pub mod metrics;
+pub mod pod;
 pub mod registry;
 pub mod runtime;
 pub mod spec;
@@ -172,6 +174,17 @@ async fn update_constraints(
 pub async fn delete_state(host: &Arc<Host>, base: &RequestBase) -> Result<Outcome, GcsError> {
     let c = host.containers.get(&base.container_id)?;
     let exec = host.executor()?;
+    // A sandbox goes after its workloads (hcsshim lets it go first and its workloads lose their
+    // volumes and `/etc` files underneath them; we refuse instead, see docs/pods.md).
+    if c.sandbox_id.as_deref() == Some(c.id.as_str()) {
+        let left = host.pods.workloads(&c.id);
+        if !left.is_empty() {
+            return Err(GcsError::Pod {
+                id: c.id.clone(),
+                reason: format!("the sandbox still has workload containers {left:?}: delete them first"),
+            });
+        }
+    }
     host.containers.remove(&c.id);
     c.mark_deleted();
     host.networks.detach(&c.id).await;
@@ -180,6 +193,15 @@ pub async fn delete_state(host: &Arc<Host>, base: &RequestBase) -> Result<Outcom
     let _ = std::fs::remove_dir_all(&c.proc_dir);
     for f in spec::ETC_FILES.iter().chain(&["config.json"]) {
         let _ = std::fs::remove_file(c.bundle.join(f));
+    }
+    match c.sandbox_id.as_deref() {
+        Some(sid) if sid == c.id => {
+            pod::remove_dirs(&c.bundle);
+            pod::remove_pod_cgroup(std::path::Path::new(create::CGROUP_ROOT), sid);
+            host.pods.remove(sid);
+        }
+        Some(sid) => host.pods.leave(sid, &c.id),
+        None => {}
     }
     let _ = std::fs::remove_dir(&c.bundle);
     drop(c);

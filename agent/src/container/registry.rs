@@ -55,6 +55,10 @@ pub struct Container {
     pub user: Option<Resolved>,
     /// Whether the container has its own PID namespace (else init's exit kills the rest).
     pub owns_pid_ns: bool,
+    /// The pod's sandbox ID (its own for a sandbox; `None` standalone).
+    pub sandbox_id: Option<String>,
+    /// Where init's output is also appended (the tee-log annotation).
+    pub tee_log: Option<PathBuf>,
     /// Per-process state directory (`<run>/procs/<id>`).
     pub proc_dir: PathBuf,
     /// The init process.
@@ -87,6 +91,10 @@ pub struct NewContainer {
     /// See [`Container`].
     pub owns_pid_ns: bool,
     /// See [`Container`].
+    pub sandbox_id: Option<String>,
+    /// See [`Container`].
+    pub tee_log: Option<PathBuf>,
+    /// See [`Container`].
     pub proc_dir: PathBuf,
     /// Init PID.
     pub init_pid: ProcessId,
@@ -111,6 +119,8 @@ impl Container {
             spec: n.spec,
             user: n.user,
             owns_pid_ns: n.owns_pid_ns,
+            sandbox_id: n.sandbox_id,
+            tee_log: n.tee_log,
             proc_dir: n.proc_dir,
             init,
             processes,

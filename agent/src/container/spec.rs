@@ -35,12 +35,16 @@ pub enum Kind {
 }
 
 /// The container's kind, from its annotations.
-pub fn kind(spec: &Spec) -> Kind {
+pub fn kind(spec: &Spec) -> Result<Kind, String> {
     let ann = spec.annotations().clone().unwrap_or_default();
     match ann.get(CONTAINER_TYPE).map(String::as_str) {
-        Some("sandbox") => Kind::Sandbox,
-        Some("container") => Kind::Workload(ann.get(SANDBOX_ID).cloned().unwrap_or_default()),
-        _ => Kind::Standalone,
+        Some("sandbox") => Ok(Kind::Sandbox),
+        Some("container") => match ann.get(SANDBOX_ID).map(String::as_str).unwrap_or_default() {
+            "" => Err(format!("unsupported {SANDBOX_ID:?}: ''")),
+            sid => Ok(Kind::Workload(sid.to_owned())),
+        },
+        None => Ok(Kind::Standalone),
+        Some(other) => Err(format!("unsupported {CONTAINER_TYPE:?}: {other:?}")),
     }
 }
 
@@ -77,7 +81,7 @@ pub fn skip_pod_networking(spec: &Spec) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-/// The cgroup of a container.
+/// The cgroup of a standalone container.
 pub fn cgroup_path(id: &str) -> String {
     format!("{CGROUP_PARENT}/{id}")
 }
@@ -129,12 +133,12 @@ pub fn valid_hostname(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
-/// The spec changes of §6.6/§6.7 that need no file system: cgroup path, the bind mounts of the
+/// The spec changes of §6.6/§6.7 that need no file system: the cgroup path, the bind mounts of the
 /// three `/etc` files from `files_dir` (unless the spec mounts them already), RLIMIT_CORE from
 /// the annotation.
-pub fn adjust(spec: &mut Spec, id: &str, files_dir: Option<&Path>) -> Result<(), String> {
+pub fn adjust(spec: &mut Spec, cgroup: &str, files_dir: Option<&Path>) -> Result<(), String> {
     let mut linux = spec.linux().clone().unwrap_or_default();
-    linux.set_cgroups_path(Some(cgroup_path(id).into()));
+    linux.set_cgroups_path(Some(cgroup.into()));
     spec.set_linux(Some(linux));
     if let Some(dir) = files_dir {
         let read_only = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
@@ -238,11 +242,19 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(kind(&spec("{\"ociVersion\":\"1.0\"}")), Kind::Standalone);
+        assert_eq!(kind(&spec("{\"ociVersion\":\"1.0\"}")), Ok(Kind::Standalone));
         let s = spec(
             r#"{"ociVersion":"1.0","annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"p1"}}"#,
         );
-        assert_eq!(kind(&s), Kind::Workload("p1".into()));
+        assert_eq!(kind(&s), Ok(Kind::Workload("p1".into())));
+        let s = spec(r#"{"ociVersion":"1.0","annotations":{"io.kubernetes.cri.container-type":"sandbox"}}"#);
+        assert_eq!(kind(&s), Ok(Kind::Sandbox));
+        // hcsshim: a workload without its sandbox ID, or an unknown type, is refused.
+        let s =
+            spec(r#"{"ociVersion":"1.0","annotations":{"io.kubernetes.cri.container-type":"container"}}"#);
+        assert!(kind(&s).unwrap_err().contains("sandbox-id"));
+        let s = spec(r#"{"ociVersion":"1.0","annotations":{"io.kubernetes.cri.container-type":"pod"}}"#);
+        assert!(kind(&s).unwrap_err().contains("container-type"));
     }
 
     #[test]
@@ -252,7 +264,7 @@ mod tests {
                 "mounts":[{"destination":"/etc/hosts","type":"bind","source":"/x","options":["bind"]}],
                 "annotations":{"io.microsoft.lcow.rlimitcore":"10;20"}}"#,
         );
-        adjust(&mut s, "c1", Some(Path::new("/b"))).unwrap();
+        adjust(&mut s, &cgroup_path("c1"), Some(Path::new("/b"))).unwrap();
         let linux = s.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/containers/c1")));
         let mounts = s.mounts().as_ref().unwrap();
@@ -270,7 +282,7 @@ mod tests {
     #[test]
     fn seccomp_passes_through_to_libcontainer() {
         let mut s = spec(r#"{"ociVersion":"1.0","linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW"}}}"#);
-        adjust(&mut s, "c1", None).unwrap();
+        adjust(&mut s, &cgroup_path("c1"), None).unwrap();
         assert!(s.linux().as_ref().unwrap().seccomp().is_some());
     }
 

@@ -52,8 +52,12 @@ pub async fn start_init(
             return Err(e);
         }
     };
+    let tee = match &c.tee_log {
+        Some(path) => Some(crate::process::stdio::open_tee(path)?),
+        None => None,
+    };
     let relays = match c.take_pending_stdio() {
-        Some(attached) => attached.into_relays(sockets)?,
+        Some(attached) => attached.into_relays(sockets, tee)?,
         None => Relays::default(),
     };
     c.set_init_relays(relays);
@@ -148,7 +152,7 @@ async fn exec_with_dir(
     if let Some(master) = attached.tty() {
         entry.set_tty(master);
     }
-    let relays = attached.into_relays(sockets)?;
+    let relays = attached.into_relays(sockets, None)?;
     c.processes.insert(Arc::clone(&entry));
     tokio::spawn(async move {
         let status = watch.wait().await.unwrap_or(ExitStatus::Exited(255));

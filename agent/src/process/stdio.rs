@@ -213,16 +213,17 @@ impl Attached {
     /// The relays between these ends and the host's sockets (stdin, stdout, stderr; `None` for
     /// a port the host did not ask for). With a pty, stderr is unused. The agent's end of a pipe
     /// that gets no socket is closed here, so the process sees EOF (stdin) or `EPIPE` (output).
-    pub fn into_relays(self, sockets: [Option<OwnedFd>; 3]) -> Result<Relays, GcsError> {
+    /// With `tee`, every output byte relayed is also appended to that file (init's tee log).
+    pub fn into_relays(self, sockets: [Option<OwnedFd>; 3], tee: Option<Tee>) -> Result<Relays, GcsError> {
         let [s_in, s_out, s_err] = sockets;
         match self {
-            Self::Tty(master) => Relays::tty(&master, s_in, s_out),
+            Self::Tty(master) => Relays::tty(&master, s_in, s_out, tee),
             Self::Pipes([in_w, out_r, err_r]) => {
                 let outputs = [(out_r, s_out), (err_r, s_err)]
                     .into_iter()
                     .filter_map(|(pipe, sock)| sock.map(|s| (pipe, s)))
                     .collect();
-                Relays::pipes(s_in.map(|s| (s, in_w)), outputs)
+                Relays::pipes(s_in.map(|s| (s, in_w)), outputs, tee)
             }
         }
     }
@@ -234,6 +235,24 @@ impl Attached {
             Self::Pipes(_) => None,
         }
     }
+}
+
+/// A file that init's output is also appended to (stdout and stderr interleaved, as hcsshim).
+/// Written synchronously: it lives on the sandbox's scratch disk or tmpfs, and one write is at
+/// most one relay buffer (32 KiB), so the relay task blocks for no longer than a page-cache copy.
+pub type Tee = Arc<std::sync::Mutex<std::fs::File>>;
+
+/// Opens a tee log: created 0666 if missing, appended to, never truncated.
+pub fn open_tee(path: &std::path::Path) -> Result<Tee, GcsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o666)
+        .open(path)
+        .map_err(|e| GcsError::io(format!("open the tee log {}", path.display()), e))?;
+    Ok(Arc::new(std::sync::Mutex::new(f)))
 }
 
 /// The relays of one process.
@@ -262,14 +281,25 @@ async fn copy_in(mut from: FdStream, mut to: FdStream) {
     }
 }
 
-async fn copy_out(mut from: FdStream, mut to: FdStream, progress: Arc<AtomicU64>) {
+async fn copy_out(mut from: FdStream, mut to: FdStream, progress: Arc<AtomicU64>, tee: Option<Tee>) {
     let mut buf = vec![0u8; 32 * 1024];
+    let mut tee = tee;
     loop {
         // A pty master reads EIO once every slave is closed: that is its EOF.
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 progress.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(t) = &tee {
+                    let written = t
+                        .lock()
+                        .map_err(|_| io::Error::other("tee lock poisoned"))
+                        .and_then(|mut f| std::io::Write::write_all(&mut *f, &buf[..n]));
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "tee log write failed; no longer teeing");
+                        tee = None;
+                    }
+                }
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
@@ -285,6 +315,7 @@ impl Relays {
     pub fn pipes(
         stdin: Option<(OwnedFd, OwnedFd)>,
         outputs: Vec<(OwnedFd, OwnedFd)>,
+        tee: Option<Tee>,
     ) -> Result<Self, GcsError> {
         let mut r = Self::default();
         if let Some((sock, pipe)) = stdin {
@@ -293,14 +324,23 @@ impl Relays {
         }
         for (pipe, sock) in outputs {
             let (pipe, sock) = (stream(pipe, "output pipe")?, stream(sock, "output socket")?);
-            r.outputs
-                .push(tokio::spawn(copy_out(pipe, sock, Arc::clone(&r.progress))));
+            r.outputs.push(tokio::spawn(copy_out(
+                pipe,
+                sock,
+                Arc::clone(&r.progress),
+                tee.clone(),
+            )));
         }
         Ok(r)
     }
 
     /// Pty relays: stdin socket → master, master → stdout socket (stderr is unused with a tty).
-    pub fn tty(master: &OwnedFd, stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<Self, GcsError> {
+    pub fn tty(
+        master: &OwnedFd,
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        tee: Option<Tee>,
+    ) -> Result<Self, GcsError> {
         let dup = || {
             master
                 .try_clone()
@@ -316,7 +356,7 @@ impl Relays {
         if let Some(sock) = stdout {
             let (m, s) = (stream(dup()?, "pty")?, stream(sock, "stdout socket")?);
             r.outputs
-                .push(tokio::spawn(copy_out(m, s, Arc::clone(&r.progress))));
+                .push(tokio::spawn(copy_out(m, s, Arc::clone(&r.progress), tee)));
         }
         Ok(r)
     }
@@ -373,23 +413,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn output_relay_full_closes_after_eof() {
+    async fn output_relay_full_closes_after_eof_and_tees() {
         let (r, w) = nix::unistd::pipe().unwrap();
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let relays = Relays::pipes(None, vec![(r, OwnedFd::from(ours))]).unwrap();
+        let log = std::env::temp_dir().join(format!("rgcs-tee-{}.log", std::process::id()));
+        std::fs::write(&log, "before\n").unwrap();
+        let tee = open_tee(&log).unwrap();
+        let relays = Relays::pipes(None, vec![(r, OwnedFd::from(ours))], Some(tee)).unwrap();
         nix::unistd::write(&w, b"hello").unwrap();
         drop(w);
         relays.finish().await;
         let mut got = String::new();
         std::io::Read::read_to_string(&mut &theirs, &mut got).unwrap();
         assert_eq!(got, "hello");
+        // appended, never truncated
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "before\nhello");
+        std::fs::remove_file(&log).unwrap();
     }
 
     #[tokio::test]
     async fn a_pipe_held_open_does_not_hang_finish() {
         let (r, w) = nix::unistd::pipe().unwrap();
         let (ours, _theirs) = UnixStream::pair().unwrap();
-        let relays = Relays::pipes(None, vec![(r, OwnedFd::from(ours))]).unwrap();
+        let relays = Relays::pipes(None, vec![(r, OwnedFd::from(ours))], None).unwrap();
         let t = std::time::Instant::now();
         relays.finish().await;
         assert!(t.elapsed() < QUIET * 3);

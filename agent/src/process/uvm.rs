@@ -155,7 +155,7 @@ pub async fn execute(host: &Arc<Host>, req: &ExecuteProcessRequest) -> Result<u3
                 .map_err(|e| GcsError::io("duplicate the pty", e))
         };
         let stdio = [Some(dup()?), Some(dup()?), Some(dup()?)];
-        let relays = Relays::tty(&master, s_in, s_out)?;
+        let relays = Relays::tty(&master, s_in, s_out, None)?;
         drop(s_err);
         (stdio, Some(Arc::new(master)), relays)
     } else {

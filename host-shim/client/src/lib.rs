@@ -31,8 +31,8 @@ pub mod vsock;
 pub use bridge::{BridgeClient, ClientError};
 pub use containers::{ContainerClient, ContainerError, ShutdownKind, STDIO_ACCEPT_TIMEOUT};
 pub use spec::{
-    bundle_path, exec_process, init_process, uvm_process, ContainerSpec, Pipes, ProcessSpec, SpecError,
-    UserSpec,
+    bundle_path, exec_process, init_process, uvm_process, BindMount, ContainerSpec, Pipes, PodRole,
+    ProcessSpec, SpecError, UserSpec,
 };
 pub use stdio::{Captured, HostStdio, StdioError};
 pub use uvm::{

@@ -243,6 +243,43 @@ pub struct ContainerSpec {
     pub network_namespace: Option<String>,
     /// The bundle directory in the guest; [`bundle_path`] of the ID when `None`.
     pub bundle: Option<String>,
+    /// The container's place in a pod (`None`: standalone).
+    pub pod: Option<PodRole>,
+    /// Bind mounts (sources are UVM paths, or `sandbox://…`, `uvm://…` for pod workloads).
+    pub mounts: Vec<BindMount>,
+}
+
+/// A container's place in a pod, as containerd's CRI plugin marks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// The pod's sandbox: its namespaces are the pod's.
+    Sandbox,
+    /// A workload that joins the sandbox's network, IPC and UTS namespaces (and PID with
+    /// `share_pid`) by `/proc/<sandbox_pid>/ns/…` paths, which the guest resolves in the UVM.
+    Workload {
+        /// The sandbox's container ID.
+        sandbox_id: String,
+        /// The sandbox init's PID in the UVM.
+        sandbox_pid: u32,
+        /// Share the sandbox's PID namespace too (CRI `NamespaceMode::POD`).
+        share_pid: bool,
+    },
+}
+
+/// Annotation: the CRI container type (`sandbox` / `container`).
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// Annotation: a workload's (or the sandbox's own) sandbox ID.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Source in the UVM (or a pod source scheme).
+    pub source: String,
+    /// Absolute path in the container.
+    pub destination: String,
+    /// Read-only.
+    pub read_only: bool,
 }
 
 /// The guest bundle directory of a container (v1 shim layout).
@@ -281,6 +318,8 @@ impl ContainerSpec {
             annotations: BTreeMap::new(),
             network_namespace: Some(id_ns(&id)),
             bundle: None,
+            pod: None,
+            mounts: Vec::new(),
         }
     }
 
@@ -302,17 +341,52 @@ impl ContainerSpec {
         root.set_readonly(Some(self.readonly_rootfs));
         spec.set_root(Some(root));
         spec.set_process(Some(self.process.to_oci()));
+        let mut annotations: HashMap<String, String> = self
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let hostname = self
             .hostname
             .clone()
             .unwrap_or_else(|| self.id.chars().take(63).collect());
-        spec.set_hostname(Some(hostname));
-        spec.set_annotations(Some(
-            self.annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
-        ));
+        match &self.pod {
+            None => {
+                spec.set_hostname(Some(hostname));
+            }
+            Some(PodRole::Sandbox) => {
+                spec.set_hostname(Some(hostname));
+                annotations.insert(CONTAINER_TYPE.into(), "sandbox".into());
+                annotations.insert(SANDBOX_ID.into(), self.id.clone());
+            }
+            Some(PodRole::Workload {
+                sandbox_id,
+                sandbox_pid,
+                share_pid,
+            }) => {
+                // A workload lives in the sandbox's UTS namespace: it names no hostname.
+                spec.set_hostname(None);
+                annotations.insert(CONTAINER_TYPE.into(), "container".into());
+                annotations.insert(SANDBOX_ID.into(), sandbox_id.clone());
+                join_namespaces(&mut spec, *sandbox_pid, *share_pid);
+            }
+        }
+        spec.set_annotations(Some(annotations));
+        if !self.mounts.is_empty() {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            for m in &self.mounts {
+                let mut mount = oci_spec::runtime::Mount::default();
+                mount.set_destination(PathBuf::from(&m.destination));
+                mount.set_typ(Some("bind".into()));
+                mount.set_source(Some(PathBuf::from(&m.source)));
+                mount.set_options(Some(vec![
+                    "rbind".into(),
+                    if m.read_only { "ro" } else { "rw" }.into(),
+                ]));
+                mounts.push(mount);
+            }
+            spec.set_mounts(Some(mounts));
+        }
         if let Some(linux) = spec.linux_mut() {
             let mut resources = linux.resources().clone().unwrap_or_default();
             if let Some(limit) = self.memory_limit {
@@ -343,6 +417,25 @@ impl ContainerSpec {
             oci_bundle_path: bundle,
         })
     }
+}
+
+/// Points the network, IPC and UTS namespaces (and PID with `share_pid`) at the sandbox init's,
+/// as containerd's CRI plugin does with the sandbox task's PID.
+fn join_namespaces(spec: &mut Spec, sandbox_pid: u32, share_pid: bool) {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let Some(linux) = spec.linux_mut() else { return };
+    let mut ns = linux.namespaces().clone().unwrap_or_default();
+    for n in &mut ns {
+        let name = match n.typ() {
+            T::Network => "net",
+            T::Ipc => "ipc",
+            T::Uts => "uts",
+            T::Pid if share_pid => "pid",
+            _ => continue,
+        };
+        n.set_path(Some(PathBuf::from(format!("/proc/{sandbox_pid}/ns/{name}"))));
+    }
+    linux.set_namespaces(Some(ns));
 }
 
 /// The network namespace of a container that has its own (a standalone container): its ID.
@@ -477,6 +570,53 @@ mod tests {
         assert!(UserSpec::parse("1:x").is_err());
         assert!(UserSpec::parse("a:b").is_err());
         assert!(UserSpec::parse("").is_err());
+    }
+
+    #[test]
+    fn pod_roles_set_cri_annotations_and_join_the_sandbox() {
+        let mut sb = ContainerSpec::new("pod1", "/r", ProcessSpec::new(["/pause"]));
+        sb.pod = Some(PodRole::Sandbox);
+        let spec = sb.oci_spec().unwrap();
+        let ann = spec.annotations().clone().unwrap();
+        assert_eq!(ann[CONTAINER_TYPE], "sandbox");
+        assert_eq!(ann[SANDBOX_ID], "pod1");
+        assert_eq!(spec.hostname().as_deref(), Some("pod1"));
+
+        let mut w = ContainerSpec::new("w1", "/r", ProcessSpec::new(["/bin/sh"]));
+        w.pod = Some(PodRole::Workload {
+            sandbox_id: "pod1".into(),
+            sandbox_pid: 42,
+            share_pid: false,
+        });
+        w.mounts.push(BindMount {
+            source: "sandbox://data".into(),
+            destination: "/data".into(),
+            read_only: false,
+        });
+        let spec = w.oci_spec().unwrap();
+        let ann = spec.annotations().clone().unwrap();
+        assert_eq!(ann[CONTAINER_TYPE], "container");
+        assert_eq!(ann[SANDBOX_ID], "pod1");
+        assert_eq!(spec.hostname(), &None);
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let path = |t| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        assert_eq!(path(T::Network), Some(PathBuf::from("/proc/42/ns/net")));
+        assert_eq!(path(T::Ipc), Some(PathBuf::from("/proc/42/ns/ipc")));
+        assert_eq!(path(T::Uts), Some(PathBuf::from("/proc/42/ns/uts")));
+        assert_eq!(path(T::Pid), None);
+        assert_eq!(path(T::Mount), None);
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == &PathBuf::from("/data"))
+            .unwrap();
+        assert_eq!(
+            m.source().as_deref(),
+            Some(std::path::Path::new("sandbox://data"))
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub struct Census {
     pub agent_threads: u64,
     /// The agent's resident set, KiB.
     pub agent_rss_kib: u64,
-    /// Container cgroups (`/sys/fs/cgroup/containers/*`).
+    /// Container and pod cgroups: `c1` for `/sys/fs/cgroup/containers/c1`, `pods/p1` and
+    /// `pods/p1/w1` for a pod and its members.
     pub cgroups: Vec<String>,
     /// Per-container state the agent keeps (`/run/gcs/runtime`, `/run/gcs/procs`).
     pub state: Vec<String>,
@@ -137,6 +138,7 @@ echo "processes $n"
 echo "agent_fds $(ls /proc/$a/fd | wc -l)"
 sed -n 's/^Threads:[[:space:]]*/agent_threads /p; s/^VmRSS:[[:space:]]*\([0-9]*\).*/agent_rss_kib \1/p' /proc/$a/status
 for d in /sys/fs/cgroup/containers/*/; do [ -d "$d" ] && echo "cgroup $(basename "$d")"; done
+for d in /sys/fs/cgroup/pods/*/ /sys/fs/cgroup/pods/*/*/; do [ -d "$d" ] && d=${d%/} && echo "cgroup ${d#/sys/fs/cgroup/}"; done
 for d in /run/gcs/runtime /run/gcs/procs; do for e in "$d"/*; do [ -e "$e" ] && echo "state ${e#/run/gcs/}"; done; done
 true
 "#;
@@ -177,7 +179,7 @@ mod census_tests {
     #[test]
     fn census_lines_parse() {
         let c = parse_census(
-            "mounts 12\nprocesses 7\nagent_fds 9\nagent_threads 4\nagent_rss_kib 3120\ncgroup c1\nstate runtime/c1\nstate procs/c1\n",
+            "mounts 12\nprocesses 7\nagent_fds 9\nagent_threads 4\nagent_rss_kib 3120\ncgroup c1\ncgroup pods/p1\nstate runtime/c1\nstate procs/c1\n",
         );
         assert_eq!(
             (
@@ -189,7 +191,7 @@ mod census_tests {
             ),
             (12, 7, 9, 4, 3120)
         );
-        assert_eq!(c.cgroups, ["c1"]);
+        assert_eq!(c.cgroups, ["c1", "pods/p1"]);
         assert_eq!(c.state, ["procs/c1", "runtime/c1"]);
     }
 }

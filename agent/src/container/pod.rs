@@ -1,0 +1,589 @@
+//! Pods (docs/gcs-reference.md §6.6, `docs/pods.md`): a CRI sandbox container and the workload
+//! containers that join it. The sandbox's bundle is the pod's root: it holds the `/etc` files
+//! every member bind-mounts, `sandboxMounts/` and `sandboxTmpfsMounts/` (shared volumes),
+//! `hugepages/` and `logs/` (tee logs). Workloads name their sandbox by annotation and may
+//! reach those directories through mount sources `sandbox://`, `sandbox-tmp://` and
+//! `hugepages://`, and UVM paths through `uvm://`; every rewritten source must stay inside its
+//! base, lexically and through no symlink. Pod cgroups are `/pods/<sid>/<id>`, with the
+//! sandbox's resources on `/pods/<sid>` for the pod as a whole (ADR-0009).
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use libcontainer::oci_spec::runtime::{
+    LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources, Mount, MountBuilder, Spec,
+};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Shared volumes of the pod (`sandbox://`), a self-bind made rshared.
+pub const SANDBOX_MOUNTS: &str = "sandboxMounts";
+/// tmpfs-backed shared volumes (`sandbox-tmp://`).
+pub const SANDBOX_TMPFS_MOUNTS: &str = "sandboxTmpfsMounts";
+/// hugetlbfs mounts (`hugepages://<size>/…`).
+pub const HUGEPAGES: &str = "hugepages";
+/// Tee logs (`io.microsoft.container.lcow.tee-log-path`).
+pub const LOGS: &str = "logs";
+/// The cgroup parent of pods.
+pub const POD_CGROUP_PARENT: &str = "/pods";
+
+/// Annotation: the size of `/dev/shm` in KiB.
+pub const SHM_SIZE_KB: &str = "io.microsoft.lcow.shm.size-kb";
+/// Annotation: a privileged container (every UVM device, all device access).
+pub const PRIVILEGED: &str = "io.microsoft.virtualmachine.lcow.privileged";
+/// Annotation: init's stdout and stderr are also appended to `<root>/logs/<path>`.
+pub const TEE_LOG_PATH: &str = "io.microsoft.container.lcow.tee-log-path";
+
+/// The live pods: each sandbox's root and its workloads.
+#[derive(Debug, Default)]
+pub struct Pods {
+    inner: Mutex<HashMap<String, Pod>>,
+}
+
+#[derive(Debug)]
+struct Pod {
+    root: PathBuf,
+    workloads: BTreeSet<String>,
+}
+
+impl Pods {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pod>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a new pod for sandbox `sid` rooted at `root`.
+    pub fn add(&self, sid: &str, root: &Path) -> Result<(), String> {
+        let mut pods = self.lock();
+        if pods.contains_key(sid) {
+            return Err(format!("pod {sid} already exists"));
+        }
+        pods.insert(
+            sid.to_owned(),
+            Pod {
+                root: root.to_path_buf(),
+                workloads: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets pod `sid` (its sandbox is gone).
+    pub fn remove(&self, sid: &str) {
+        self.lock().remove(sid);
+    }
+
+    /// Makes `id` a workload of `sid`; the pod's root.
+    pub fn join(&self, sid: &str, id: &str) -> Result<PathBuf, String> {
+        let mut pods = self.lock();
+        let pod = pods
+            .get_mut(sid)
+            .ok_or_else(|| format!("pod {sid} does not exist for workload container {id}"))?;
+        if !pod.workloads.insert(id.to_owned()) {
+            return Err(format!("container {id} already registered with pod {sid}"));
+        }
+        Ok(pod.root.clone())
+    }
+
+    /// `id` leaves `sid`.
+    pub fn leave(&self, sid: &str, id: &str) {
+        if let Some(p) = self.lock().get_mut(sid) {
+            p.workloads.remove(id);
+        }
+    }
+
+    /// The workloads of `sid` still registered.
+    pub fn workloads(&self, sid: &str) -> Vec<String> {
+        self.lock()
+            .get(sid)
+            .map(|p| p.workloads.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A container's cgroup: `/pods/<sid>/<id>` in a pod.
+pub fn cgroup_path(sid: &str, id: &str) -> String {
+    format!("{POD_CGROUP_PARENT}/{sid}/{id}")
+}
+
+fn io_ctx(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> String {
+    let what = what.into();
+    move |e| format!("{what}: {e}")
+}
+
+fn errno_ctx(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> String {
+    let what = what.into();
+    move |e| format!("{what}: {e}")
+}
+
+/// Bind `dir` onto itself and make it recursively shared, so mounts made under it later reach
+/// every container that bind-mounted it.
+fn make_rshared(dir: &Path) -> Result<(), String> {
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(errno_ctx(format!("bind {} onto itself", dir.display())))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(errno_ctx(format!("make {} rshared", dir.display())))
+}
+
+/// The sandbox's directories under its root. On failure what was made is undone.
+pub fn make_dirs(root: &Path) -> Result<(), String> {
+    let result = (|| {
+        for d in [SANDBOX_MOUNTS, SANDBOX_TMPFS_MOUNTS, HUGEPAGES] {
+            let dir = root.join(d);
+            std::fs::create_dir_all(&dir).map_err(io_ctx(format!("create {}", dir.display())))?;
+            if d == SANDBOX_TMPFS_MOUNTS {
+                mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), None::<&str>)
+                    .map_err(errno_ctx(format!("mount tmpfs on {}", dir.display())))?;
+            }
+            make_rshared(&dir)?;
+        }
+        let logs = root.join(LOGS);
+        std::fs::create_dir_all(&logs).map_err(io_ctx(format!("create {}", logs.display())))?;
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777))
+            .map_err(io_ctx(format!("chmod {}", logs.display())))
+    })();
+    if result.is_err() {
+        remove_dirs(root);
+    }
+    result
+}
+
+/// Unmounts everything under the sandbox's directories (deepest first, detached) and removes
+/// them. Errors are logged: the caller is tearing down.
+pub fn remove_dirs(root: &Path) {
+    let bases: Vec<PathBuf> = [SANDBOX_MOUNTS, SANDBOX_TMPFS_MOUNTS, HUGEPAGES]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = crate::storage::mount::parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| bases.iter().any(|b| m.starts_with(b)))
+        .collect();
+    // Later mounts stack on earlier ones: undo in reverse order of appearance.
+    points.reverse();
+    for p in &points {
+        if let Err(e) = umount2(p, MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL {
+                tracing::warn!(path = %p.display(), error = %e, "unmount a sandbox directory");
+            }
+        }
+    }
+    for d in bases.iter().chain(std::iter::once(&root.join(LOGS))) {
+        if let Err(e) = std::fs::remove_dir_all(d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %d.display(), error = %e, "remove a sandbox directory");
+            }
+        }
+    }
+}
+
+/// `base` joined with the relative path `rest`, refused when it leaves `base` lexically or
+/// through a symlink that exists under `base` (hcsshim checks only a string prefix).
+pub fn resolve_under(base: &Path, rest: &str, what: &str) -> Result<PathBuf, String> {
+    let refuse = |why: &str| format!("mount source {what}{rest:?} {why}");
+    if rest.chars().any(char::is_control) || rest.contains([',', ':']) {
+        return Err(refuse("has a control character, ',' or ':'"));
+    }
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in Path::new(rest).components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(refuse("leaves its base directory"));
+                }
+            }
+            Component::Prefix(_) => return Err(refuse("is not a path")),
+        }
+    }
+    let mut out = base.to_path_buf();
+    for p in parts {
+        out.push(p);
+        if std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(refuse("goes through a symlink"));
+        }
+    }
+    Ok(out)
+}
+
+/// Creates `dir` (and parents) with mode 0777, as hcsshim does for volume directories.
+fn mkdir_0777(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(io_ctx(format!("create {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(io_ctx(format!("chmod {}", dir.display())))
+}
+
+/// The workload's mount sources rewritten against the pod's `root` (hcsshim's order:
+/// `sandbox://`, `sandbox-tmp://`, `hugepages://`, `uvm://`).
+pub fn rewrite_mounts(spec: &mut Spec, root: &Path) -> Result<(), String> {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    for m in &mut mounts {
+        let Some(src) = m.source().as_ref().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let new = if let Some(rest) = src.strip_prefix("sandbox://") {
+            let p = resolve_under(&root.join(SANDBOX_MOUNTS), rest, "sandbox://")?;
+            mkdir_0777(&p)?;
+            p
+        } else if let Some(rest) = src.strip_prefix("sandbox-tmp://") {
+            let p = resolve_under(&root.join(SANDBOX_TMPFS_MOUNTS), rest, "sandbox-tmp://")?;
+            mkdir_0777(&p)?;
+            p
+        } else if let Some(rest) = src.strip_prefix("hugepages://") {
+            hugepages(root, rest)?
+        } else if let Some(rest) = src.strip_prefix("uvm://") {
+            let p = resolve_under(Path::new("/"), rest, "uvm://")?;
+            std::fs::metadata(&p)
+                .map_err(io_ctx(format!("could not open uVM mount target {}", p.display())))?;
+            p
+        } else {
+            continue;
+        };
+        m.set_source(Some(new));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// `hugepages://<size>/<rest>`: a hugetlbfs of that page size, mounted when first named.
+fn hugepages(root: &Path, rest: &str) -> Result<PathBuf, String> {
+    let p = resolve_under(&root.join(HUGEPAGES), rest, "hugepages://")?;
+    let size = Path::new(rest)
+        .components()
+        .find_map(|c| match c {
+            Component::Normal(n) => n.to_str(),
+            _ => None,
+        })
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or_else(|| format!("hugepages://{rest} names no page size (hugepages://2M/…)"))?;
+    if !p.exists() {
+        mkdir_0777(&p)?;
+        mount(
+            Some("none"),
+            &p,
+            Some("hugetlbfs"),
+            MsFlags::empty(),
+            Some(format!("pagesize={size}").as_str()),
+        )
+        .map_err(errno_ctx(format!(
+            "mount hugetlbfs (pagesize={size}) on {}",
+            p.display()
+        )))?;
+    }
+    Ok(p)
+}
+
+/// The annotations hcsshim applies to workloads: `/dev/shm` size, privileged or re-read devices.
+pub fn apply_workload_annotations(spec: &mut Spec) -> Result<(), String> {
+    let ann = spec.annotations().clone().unwrap_or_default();
+    if let Some(v) = ann.get(SHM_SIZE_KB) {
+        let kb: u64 = v
+            .trim()
+            .parse()
+            .map_err(|e| format!("/dev/shm size must be a valid integer: {e}"))?;
+        if kb == 0 {
+            return Err("/dev/shm size must be non-zero".into());
+        }
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(shm_mount(v.trim())?);
+        spec.set_mounts(Some(mounts));
+    }
+    // hcsshim: a value that does not parse is a warning and means false.
+    let privileged = ann
+        .get(PRIVILEGED)
+        .is_some_and(|v| matches!(v.trim(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+    if privileged {
+        privileged_devices(spec)
+    } else {
+        reread_devices(spec)
+    }
+}
+
+fn shm_mount(size_kb: &str) -> Result<Mount, String> {
+    MountBuilder::default()
+        .destination("/dev/shm")
+        .typ("tmpfs")
+        .source("shm")
+        .options(
+            ["nosuid", "noexec", "nodev", "mode=1777"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(std::iter::once(format!("size={size_kb}k")))
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A device node of the UVM: its type and numbers.
+fn device_at(path: &Path) -> Option<(LinuxDeviceType, i64, i64, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    let t = if m.file_type().is_char_device() {
+        LinuxDeviceType::C
+    } else if m.file_type().is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return None;
+    };
+    let rdev = m.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    Some((
+        t,
+        i64::try_from(major).ok()?,
+        i64::try_from(minor).ok()?,
+        m.mode() & 0o7777,
+    ))
+}
+
+fn device(
+    path: &Path,
+    dev: (LinuxDeviceType, i64, i64, u32),
+) -> Result<libcontainer::oci_spec::runtime::LinuxDevice, String> {
+    LinuxDeviceBuilder::default()
+        .path(path)
+        .typ(dev.0)
+        .major(dev.1)
+        .minor(dev.2)
+        .file_mode(dev.3)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Every device node of the UVM's `/dev` (not `pts`, `shm`, `mqueue`), all device access.
+fn privileged_devices(spec: &mut Spec) -> Result<(), String> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::from("/dev")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                let skip = ["pts", "shm", "mqueue", ".udev"]
+                    .iter()
+                    .any(|s| p == Path::new("/dev").join(s));
+                if !skip && stack.len() < 64 {
+                    stack.push(p);
+                }
+            } else if let Some(d) = device_at(&p).filter(|d| d.1 != 0 || d.2 != 0) {
+                found.push(device(&p, d)?);
+            }
+        }
+    }
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut devices = linux.devices().clone().unwrap_or_default();
+    devices.retain(|d| !found.iter().any(|f| f.path() == d.path()));
+    devices.extend(found);
+    linux.set_devices(Some(devices));
+    let mut res = linux.resources().clone().unwrap_or_default();
+    res.set_devices(Some(vec![LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .access("rwm")
+        .build()
+        .map_err(|e| e.to_string())?]));
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// The spec's devices re-read from the UVM's `/dev` (the host's numbers mean nothing here), each
+/// allowed in the device cgroup; a missing one fails the Create.
+fn reread_devices(spec: &mut Spec) -> Result<(), String> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let Some(devices) = linux.devices().clone().filter(|d| !d.is_empty()) else {
+        return Ok(());
+    };
+    let mut res = linux.resources().clone().unwrap_or_default();
+    let mut rules = res.devices().clone().unwrap_or_default();
+    let mut out = Vec::with_capacity(devices.len());
+    for d in devices {
+        let dev = device_at(d.path())
+            .ok_or_else(|| format!("device {} does not exist in the UVM", d.path().display()))?;
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(dev.0)
+                .major(dev.1)
+                .minor(dev.2)
+                .access("rwm")
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+        out.push(device(d.path(), dev)?);
+    }
+    linux.set_devices(Some(out));
+    res.set_devices(Some(rules));
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// `<root>/logs/<path>` for the tee-log annotation, refused outside `logs/`; parents are made.
+pub fn tee_log_path(spec: &Spec, root: &Path) -> Result<Option<PathBuf>, String> {
+    let Some(p) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(TEE_LOG_PATH))
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(None);
+    };
+    let path = resolve_under(&root.join(LOGS), p, "tee-log-path ")?;
+    if path == root.join(LOGS) {
+        return Err(format!("log path {p:?} names the log directory itself"));
+    }
+    if let Some(parent) = path.parent() {
+        mkdir_0777(parent)?;
+    }
+    Ok(Some(path))
+}
+
+/// The sandbox's resources applied to `/pods/<sid>` (cgroup v2): memory, CPU and PIDs, so the
+/// pod as a whole is bounded whatever its workloads ask for.
+pub fn apply_pod_resources(
+    cgroup_root: &Path,
+    sid: &str,
+    res: Option<&LinuxResources>,
+) -> Result<(), String> {
+    let dir = cgroup_root
+        .join(POD_CGROUP_PARENT.trim_start_matches('/'))
+        .join(sid);
+    let Some(res) = res else { return Ok(()) };
+    let write = |file: &str, value: String| {
+        let p = dir.join(file);
+        std::fs::write(&p, &value).map_err(io_ctx(format!("write {value:?} to {}", p.display())))
+    };
+    if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()).filter(|l| *l > 0) {
+        write("memory.max", limit.to_string())?;
+    }
+    if let Some(cpu) = res.cpu() {
+        if let Some(quota) = cpu.quota().filter(|q| *q > 0) {
+            let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
+            write("cpu.max", format!("{quota} {period}"))?;
+        }
+        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+            // runc's conversion of cgroup v1 shares to a v2 weight.
+            let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            write("cpu.weight", weight.to_string())?;
+        }
+    }
+    if let Some(limit) = res.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0) {
+        write("pids.max", limit.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes `/pods/<sid>` once its last member's cgroup is gone.
+pub fn remove_pod_cgroup(cgroup_root: &Path, sid: &str) {
+    let dir = cgroup_root
+        .join(POD_CGROUP_PARENT.trim_start_matches('/'))
+        .join(sid);
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(cgroup = %dir.display(), error = %e, "remove the pod cgroup");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_stay_under_their_base() {
+        let base = std::env::temp_dir().join(format!("rgcs-pod-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("a")).unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("link")).unwrap();
+        assert_eq!(
+            resolve_under(&base, "a/b", "sandbox://").unwrap(),
+            base.join("a/b")
+        );
+        assert_eq!(
+            resolve_under(&base, "/a/./c/../b", "sandbox://").unwrap(),
+            base.join("a/b")
+        );
+        for bad in [
+            "../x",
+            "a/../../x",
+            "../../etc",
+            "link/passwd",
+            "a\nb",
+            "a,b",
+            "a:b",
+        ] {
+            assert!(resolve_under(&base, bad, "sandbox://").is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn pods_track_their_workloads() {
+        let pods = Pods::default();
+        assert!(pods.join("p", "w").unwrap_err().contains("pod p does not exist"));
+        pods.add("p", Path::new("/run/gcs/c/p")).unwrap();
+        assert!(pods.add("p", Path::new("/x")).is_err());
+        assert_eq!(pods.join("p", "w").unwrap(), Path::new("/run/gcs/c/p"));
+        assert!(pods.join("p", "w").is_err());
+        assert_eq!(pods.workloads("p"), ["w"]);
+        pods.leave("p", "w");
+        assert!(pods.workloads("p").is_empty());
+        pods.remove("p");
+        assert!(pods.join("p", "w").is_err());
+    }
+
+    #[test]
+    fn shm_size_replaces_dev_shm() {
+        let mut spec = Spec::default();
+        let mut ann = std::collections::HashMap::new();
+        ann.insert(SHM_SIZE_KB.to_owned(), "65536".to_owned());
+        spec.set_annotations(Some(ann.clone()));
+        apply_workload_annotations(&mut spec).unwrap();
+        let shm: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination() == Path::new("/dev/shm"))
+            .collect();
+        assert_eq!(shm.len(), 1);
+        assert!(shm[0]
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"size=65536k".to_owned()));
+        for bad in ["0", "x", "-1"] {
+            ann.insert(SHM_SIZE_KB.to_owned(), bad.to_owned());
+            spec.set_annotations(Some(ann.clone()));
+            assert!(apply_workload_annotations(&mut spec).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tee_logs_stay_in_logs() {
+        let root = std::env::temp_dir().join(format!("rgcs-tee-{}", std::process::id()));
+        let mut spec = Spec::default();
+        let mut ann = std::collections::HashMap::new();
+        for (p, ok) in [("c/init.log", true), ("../x", false), ("", true), (".", false)] {
+            ann.insert(TEE_LOG_PATH.to_owned(), p.to_owned());
+            spec.set_annotations(Some(ann.clone()));
+            assert_eq!(tee_log_path(&spec, &root).is_ok(), ok, "{p}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
