@@ -22,6 +22,7 @@ pub mod logging;
 pub mod modules;
 pub mod network;
 pub mod outcome;
+pub mod pause;
 pub mod process;
 pub mod reaper;
 pub mod storage;

@@ -1,12 +1,17 @@
-//! `gcs`: one static binary, two roles. As PID 1 it is the VM's init (mounts, modules, entropy,
-//! reaping, power-off; see `rgcs-init`), which starts this same binary again as the agent.
+//! `gcs`: one static binary, three roles. As PID 1 it is the VM's init (mounts, modules, entropy,
+//! reaping, power-off; see `rgcs-init`), which starts this same binary again as the agent; named
+//! `pause` it is a pod sandbox's process.
 
 use std::ffi::OsString;
 
 fn main() {
     let mut args = std::env::args_os();
-    let _argv0 = args.next();
+    let argv0 = args.next().unwrap_or_default();
     let args: Vec<OsString> = args.collect();
+    // A pod sandbox's process (PID 1 of its own namespace, so this comes first).
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("pause")) {
+        rgcs_agent::pause::main();
+    }
     if std::process::id() == 1 {
         rgcs_init::pid1::main(args);
     }

@@ -230,6 +230,15 @@ pub fn rewrite_mounts(spec: &mut Spec, root: &Path) -> Result<(), String> {
         return Ok(());
     };
     for m in &mut mounts {
+        if m.destination()
+            .to_str()
+            .is_some_and(|d| d.starts_with("blockdev://"))
+        {
+            return Err(format!(
+                "mount destination {:?}: blockdev:// mounts are not supported by this guest",
+                m.destination()
+            ));
+        }
         let Some(src) = m.source().as_ref().and_then(|s| s.to_str()).map(str::to_owned) else {
             continue;
         };
@@ -530,6 +539,19 @@ mod tests {
             assert!(resolve_under(&base, bad, "sandbox://").is_err(), "{bad}");
         }
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn blockdev_destinations_are_refused_clearly() {
+        let mut spec = Spec::default();
+        let m = MountBuilder::default()
+            .destination("blockdev:///dev/xvda")
+            .source("/x")
+            .build()
+            .unwrap();
+        spec.set_mounts(Some(vec![m]));
+        let e = rewrite_mounts(&mut spec, Path::new("/run/gcs/c/p")).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
     }
 
     #[test]
