@@ -22,6 +22,7 @@ pub mod initrd;
 pub mod kernel;
 pub mod net;
 pub mod p9;
+pub mod pod;
 pub mod rootfs;
 pub mod run;
 pub mod scratch;

@@ -6,7 +6,7 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rgcs_host_shim::session::BootOptions;
 use rgcs_host_shim::vm::Accel;
@@ -24,6 +24,9 @@ struct Cli {
     /// The serve directory of a running `rgcs uvm boot --serve-dir DIR` (container commands).
     #[arg(long, global = true, env = "RGCS_UVM", value_name = "DIR")]
     uvm: Option<PathBuf>,
+    /// The state directory pods and their containers are found in (default /run/rgcs).
+    #[arg(long, global = true, env = "RGCS_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,8 +48,46 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Run an OCI image in a fresh UVM (layers on SCSI, scratch, overlay); exit with its code.
+    /// Run an OCI image: in a fresh UVM, attached, exiting with its code; or with -d in a pod of
+    /// its own left running (or with --pod in an existing pod).
     Run(cli::image::RunArgs),
+    /// Pods: UVMs that keep running, with a sandbox and containers from images.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+    /// List the images in the layer cache.
+    Images {
+        /// Layer cache directory.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Remove images (by ID prefix or source path) and the layers no other image uses.
+    Rmi {
+        /// Layer cache directory.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Print a container's output (-f: follow it until the container exits).
+    Logs {
+        /// Follow.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Container.
+        id: String,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Seconds before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// OCI images: import to ext4 layer disks, or build the busybox demo image.
     Image {
         #[command(subcommand)]
@@ -64,10 +105,13 @@ enum Command {
     },
     /// Run a process in a container attached; exit with its exit code.
     Exec(cli::containers::ProcessOpts),
-    /// List a container's processes (UVM PIDs).
+    /// List running containers (-a: all); with a container ID, its processes (UVM PIDs).
     Ps {
+        /// Also exited containers and those of dead pods.
+        #[arg(short = 'a', long)]
+        all: bool,
         /// Container ID.
-        id: String,
+        id: Option<String>,
     },
     /// Print a container's statistics (JSON).
     Stats {
@@ -76,16 +120,37 @@ enum Command {
     },
     /// Signal a container's init (or PID).
     Kill(cli::containers::KillArgs),
-    /// Delete a container's state (-f: kill its init first).
+    /// Remove containers (-f: kill a running one first).
     Rm {
         /// Kill a running init first.
         #[arg(short = 'f', long)]
         force: bool,
-        /// Container ID.
-        id: String,
+        /// Container IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Print the guest agent's DumpStacks text.
     Stacks,
+}
+
+#[derive(Subcommand)]
+enum PodCommand {
+    /// Create a pod (its UVM and sandbox) and leave it running.
+    Create(cli::pod::PodCreateArgs),
+    /// List pods.
+    Ls,
+    /// Remove pods (-f: with running containers).
+    Rm {
+        /// Also when containers run.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Pod names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Serve a pod in the foreground (what `pod create` starts in the background).
+    #[command(hide = true)]
+    Serve(cli::pod::PodServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -142,7 +207,7 @@ enum UvmCommand {
     Boot(BootArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 pub(crate) struct VmArgs {
     /// The initrd (from `rgcs initrd build`).
     #[arg(long, env = "RGCS_INITRD", default_value = "out/initrd.img")]
@@ -236,6 +301,20 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Pods through the CLI: `run -d` (new pod) and `run -d --pod P` to running, and `rm -f`.
+    Pod {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Samples per row.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        runs: usize,
+        /// The image (default: the busybox demo image, built in a temporary directory).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Container lifecycle and exec through rgcs, runc and crun in one UVM (use the bench initrd).
     Containers {
         #[command(flatten)]
@@ -249,7 +328,7 @@ enum BenchCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum AccelArg {
     Auto,
     Kvm,
@@ -257,6 +336,39 @@ enum AccelArg {
 }
 
 impl VmArgs {
+    /// Guest RAM in MiB.
+    pub(crate) fn memory_mib(&self) -> u32 {
+        self.memory
+    }
+
+    /// vCPUs.
+    pub(crate) fn cpus(&self) -> u32 {
+        self.cpus
+    }
+
+    /// The same options as arguments, for a process started with them (the initrd made absolute).
+    pub(crate) fn to_args(&self) -> Result<Vec<std::ffi::OsString>> {
+        let initrd = std::fs::canonicalize(&self.initrd)
+            .with_context(|| format!("cannot find the initrd {}", self.initrd.display()))?;
+        let accel = match self.accel {
+            AccelArg::Auto => "auto",
+            AccelArg::Kvm => "kvm",
+            AccelArg::Tcg => "tcg",
+        };
+        Ok(vec![
+            "--initrd".into(),
+            initrd.into(),
+            "--memory".into(),
+            self.memory.to_string().into(),
+            "--cpus".into(),
+            self.cpus.to_string().into(),
+            "--accel".into(),
+            accel.into(),
+            "--guest-log-level".into(),
+            self.guest_log_level.clone().into(),
+        ])
+    }
+
     pub(crate) fn boot_options(&self) -> BootOptions {
         let mut o = BootOptions::new(&self.initrd);
         o.memory_mib = self.memory;
@@ -320,6 +432,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let uvm = cli.uvm.as_deref();
+    let state = rgcs_host_shim::pod::state::StateDir::new(cli.state_dir.clone());
     match cli.command {
         Command::Initrd {
             command:
@@ -335,7 +448,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command: UvmCommand::Boot(args),
         } => cli::uvm::boot(args).await,
         Command::Bench { command } => cli::bench::run(command).await,
-        Command::Run(a) => cli::image::run(a).await,
+        Command::Run(a) => cli::image::run(&state, a).await,
+        Command::Pod { command } => match command {
+            PodCommand::Create(a) => cli::pod::create(&state, a).await,
+            PodCommand::Ls => cli::pod::ls(&state),
+            PodCommand::Rm { force, names } => cli::pod::rm_pods(&state, names, force).await,
+            PodCommand::Serve(a) => cli::pod::serve_cmd(&state, a).await,
+        },
+        Command::Images { cache } => cli::pod::images(cache),
+        Command::Rmi { cache, images } => cli::pod::rmi(&state, cache, images),
+        Command::Logs { follow, id } => cli::pod::logs(&state, &id, follow).await,
+        Command::Stop { time, ids } => cli::pod::stop(&state, ids, time).await,
         Command::Image {
             command: ImageCommand::Import { path, cache, json },
         } => cli::image::import(path, cache, json).await,
@@ -344,11 +467,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => cli::image::demo(output, busybox),
         Command::Create(a) => cli::containers::create(uvm, a).await,
         Command::Start { interactive, id } => cli::containers::start(uvm, id, interactive).await,
-        Command::Exec(p) => cli::containers::exec(uvm, p).await,
-        Command::Ps { id } => cli::containers::ps(uvm, id).await,
-        Command::Stats { id } => cli::containers::stats(uvm, id).await,
-        Command::Kill(k) => cli::containers::kill(uvm, k).await,
-        Command::Rm { force, id } => cli::containers::rm(uvm, id, force).await,
+        Command::Exec(p) => {
+            let dir = cli::pod::control_dir(uvm, &state, &p.id)?;
+            cli::containers::exec(Some(&dir), p).await
+        }
+        Command::Ps { all, id: None } if uvm.is_none() => cli::pod::ps(&state, all),
+        Command::Ps { id, .. } => {
+            let id = id.context("give a container ID (with --uvm), or none to list containers")?;
+            let dir = cli::pod::control_dir(uvm, &state, &id)?;
+            cli::containers::ps(Some(&dir), id).await
+        }
+        Command::Stats { id } => {
+            let dir = cli::pod::control_dir(uvm, &state, &id)?;
+            cli::containers::stats(Some(&dir), id).await
+        }
+        Command::Kill(mut k) => {
+            let dir = cli::pod::control_dir(uvm, &state, &k.id)?;
+            if uvm.is_none() && k.pid.is_none() {
+                k.pid = cli::pod::init_pid(&state, &k.id);
+            }
+            cli::containers::kill(Some(&dir), k).await
+        }
+        Command::Rm { force, ids } => match uvm {
+            Some(_) => {
+                for id in ids {
+                    cli::containers::rm(uvm, id, force).await?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            None => cli::pod::rm_containers(&state, ids, force).await,
+        },
         Command::Stacks => cli::containers::stacks(uvm).await,
     }
 }

@@ -173,7 +173,7 @@ impl RunError {
 
 /// A Create refused because the program does not exist (127) or cannot be executed (126), from
 /// the executor's reason as docker reads runc's.
-fn program_error(e: &ContainerError) -> Option<RunError> {
+pub fn program_error(e: &ContainerError) -> Option<RunError> {
     let text = rgcs_protocol::error_chain(e);
     let code = if text.contains("not found in $PATH") {
         127
@@ -233,6 +233,17 @@ async fn import(opts: &RunOptions) -> Result<ImportedImage, RunError> {
 /// The process from the image config (`Entrypoint` + `Cmd`, `Env`, `WorkingDir`, `User`) and the
 /// command-line overrides (a command replaces both entrypoint and cmd).
 fn process_spec(opts: &RunOptions, config: &Value) -> Result<ProcessSpec, RunError> {
+    image_process(config, &opts.command, &opts.env, opts.tty)
+}
+
+/// The process of an image's container: `Entrypoint` + `Cmd` unless `command` replaces both,
+/// the image's `Env` then `env`, its `WorkingDir` and `User`.
+pub fn image_process(
+    config: &Value,
+    command: &[String],
+    env: &[String],
+    tty: bool,
+) -> Result<ProcessSpec, RunError> {
     let cfg = config
         .get("config")
         .or_else(|| config.get("Config"))
@@ -242,18 +253,18 @@ fn process_spec(opts: &RunOptions, config: &Value) -> Result<ProcessSpec, RunErr
             .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default()
     };
-    let args = if opts.command.is_empty() {
+    let args = if command.is_empty() {
         let mut a = strings(cfg.get("Entrypoint"));
         a.extend(strings(cfg.get("Cmd")));
         a
     } else {
-        opts.command.clone()
+        command.to_vec()
     };
     if args.is_empty() {
         return Err(RunError::NoCommand);
     }
-    let mut p = ProcessSpec::new(args).tty(opts.tty);
-    for e in strings(cfg.get("Env")).iter().chain(&opts.env) {
+    let mut p = ProcessSpec::new(args).tty(tty);
+    for e in strings(cfg.get("Env")).iter().chain(env) {
         p = p.env_entry(e)?;
     }
     if let Some(wd) = cfg

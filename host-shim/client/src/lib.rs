@@ -36,7 +36,8 @@ pub use spec::{
 };
 pub use stdio::{Captured, HostStdio, StdioError};
 pub use uvm::{
-    census, prepare_busybox_rootfs, uvm_sh, uvm_sh_ok, Census, ShellOutput, UvmShellError, BUSYBOX_ROOTFS,
+    census, prepare_busybox_rootfs, prepare_pause_rootfs, uvm_sh, uvm_sh_ok, Census, ShellOutput,
+    UvmShellError, BUSYBOX_ROOTFS, PAUSE_ROOTFS,
 };
 pub use vsock::{connect_to_guest, port_path, VsockError, VsockListener};
 

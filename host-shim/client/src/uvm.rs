@@ -100,6 +100,19 @@ pub async fn prepare_busybox_rootfs(client: &ContainerClient, path: &str) -> Res
     uvm_sh_ok(client, &script).await.map(drop)
 }
 
+/// The root of a pod sandbox: only `/pause`, the agent's own binary hard-linked (no copy, no
+/// image), which runs as Kubernetes' pause does when called by that name.
+pub const PAUSE_ROOTFS: &str = "/pause-rootfs";
+
+/// Makes (once) [`PAUSE_ROOTFS`] in the UVM: a directory on the initrd's root file system, where
+/// `/init` lives, so the link is free and the directory is executable (`/run` is `noexec`).
+pub async fn prepare_pause_rootfs(client: &ContainerClient) -> Result<(), UvmShellError> {
+    let script = format!(
+        "set -e; R={PAUSE_ROOTFS}; [ -x $R/pause ] && exit 0; mkdir -p $R/proc $R/dev $R/sys; ln -f /init $R/pause"
+    );
+    uvm_sh_ok(client, &script).await.map(drop)
+}
+
 /// What the UVM holds that a leak would grow: counted by a UVM shell, so the numbers are the
 /// guest's own. The shell itself adds one constant process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -1,4 +1,4 @@
-//! `rgcs bench boot|soak|storage|net|containers`.
+//! `rgcs bench boot|soak|storage|net|pod|containers`.
 
 use std::process::ExitCode;
 
@@ -70,6 +70,15 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             if let Some(path) = json {
                 bench::write_json(&path, &report)?;
             }
+        }
+        BenchCommand::Pod {
+            vm,
+            runs,
+            image,
+            json,
+        } => {
+            check_runs(runs)?;
+            return crate::cli::pod::bench(&vm, runs, image, json).await;
         }
         BenchCommand::Storage { vm, image, mib, json } => {
             return crate::cli::image::bench_storage(vm, image, mib, json).await;

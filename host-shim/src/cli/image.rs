@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use rgcs_client::ContainerClient;
 use rgcs_host_shim::image::{self, demo, Progress, TerminalProgress};
@@ -13,7 +13,9 @@ use rgcs_host_shim::run::{self, RunOptions, Volume};
 use rgcs_host_shim::session::{Session, POWER_OFF_TIMEOUT};
 use rgcs_host_shim::{bench, scratch};
 
+use super::pod::{self, PodArgs, PodRun};
 use crate::VmArgs;
+use rgcs_host_shim::pod::state::StateDir;
 
 /// `rgcs run [-v HOSTDIR:CTRDIR[:ro]]... [-t] [-i] [-e K=V]... IMAGE [-- CMD...]`.
 #[derive(Args)]
@@ -63,6 +65,12 @@ pub struct RunArgs {
     /// Command (replaces the image's entrypoint and cmd).
     #[arg(last = true)]
     command: Vec<String>,
+    /// Detached: in a pod of its own that keeps running; prints the container's name.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Run in this existing pod (attached unless -d).
+    #[arg(long, value_name = "POD")]
+    pod: Option<String>,
 }
 
 fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
@@ -72,7 +80,10 @@ fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// `rgcs run`: exits with the container's exit code.
-pub async fn run(a: RunArgs) -> Result<ExitCode> {
+pub async fn run(state: &StateDir, a: RunArgs) -> Result<ExitCode> {
+    if a.detach || a.pod.is_some() {
+        return run_in_pod(state, a).await;
+    }
     let volumes = a
         .volumes
         .iter()
@@ -103,6 +114,40 @@ pub async fn run(a: RunArgs) -> Result<ExitCode> {
         }
         Err(e) => Err(e).context("run failed"),
     }
+}
+
+/// `rgcs run -d` and `rgcs run --pod`.
+async fn run_in_pod(state: &StateDir, a: RunArgs) -> Result<ExitCode> {
+    if !a.volumes.is_empty() || a.tty || a.interactive {
+        bail!("-v, -t and -i are not supported with -d or --pod yet (use `rgcs exec -it` into it)");
+    }
+    if a.pod.is_some()
+        && (a.network != "user" || !a.publish.is_empty() || !a.dns.is_empty() || a.hostname.is_some())
+    {
+        bail!("--network, -p, --dns and --hostname belong to the pod: give them to `rgcs pod create`");
+    }
+    let pod_args = PodArgs {
+        vm: a.vm,
+        network: a.network,
+        publish: a.publish,
+        dns: a.dns,
+        hostname: a.hostname,
+        scratch_mib: a.scratch_mib,
+        cache: a.cache,
+    };
+    pod::run(
+        state,
+        PodRun {
+            pod: a.pod,
+            name: a.name,
+            detach: a.detach,
+            pod_args,
+            image: a.image,
+            command: a.command,
+            env: a.env,
+        },
+    )
+    .await
 }
 
 /// `rgcs image import PATH`: one cached ext4 image per layer; prints them (or JSON).

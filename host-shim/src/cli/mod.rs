@@ -4,4 +4,5 @@ pub mod bench;
 pub mod containers;
 pub mod image;
 pub mod initrd;
+pub mod pod;
 pub mod uvm;

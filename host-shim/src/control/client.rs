@@ -5,7 +5,7 @@ use super::*;
 
 /// Sends one request to the server in `dir` and returns its answer and any passed descriptors.
 /// Blocking: call it from a blocking context (or `spawn_blocking`).
-pub fn request(dir: &Path, req: &Request) -> Result<(Answer, Vec<OwnedFd>), ControlError> {
+pub fn request<T: Serialize>(dir: &Path, req: &T) -> Result<(Answer, Vec<OwnedFd>), ControlError> {
     let path = dir.join(CONTROL_SOCKET);
     let mut stream =
         std::os::unix::net::UnixStream::connect(&path).map_err(|source| ControlError::Connect {
@@ -39,7 +39,10 @@ pub fn request(dir: &Path, req: &Request) -> Result<(Answer, Vec<OwnedFd>), Cont
 }
 
 /// [`request`] from async code.
-pub async fn request_async(dir: &Path, req: Request) -> Result<(Answer, Vec<OwnedFd>), ControlError> {
+pub async fn request_async<T: Serialize + Send + 'static>(
+    dir: &Path,
+    req: T,
+) -> Result<(Answer, Vec<OwnedFd>), ControlError> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || request(&dir, &req))
         .await

@@ -200,13 +200,13 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn ok() -> Self {
+    pub fn ok() -> Self {
         Self {
             ok: true,
             ..Self::default()
         }
     }
-    fn err(e: impl std::fmt::Display) -> Self {
+    pub fn err(e: impl std::fmt::Display) -> Self {
         Self {
             ok: false,
             error: Some(e.to_string()),
@@ -221,4 +221,4 @@ mod server;
 mod tests;
 
 pub use client::{request, request_async, stdio_from_fds};
-pub use server::ControlServer;
+pub use server::{ControlServer, Extension, Handled};

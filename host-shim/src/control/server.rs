@@ -26,12 +26,24 @@ struct ServerState {
     rootfs_ready: bool,
 }
 
+/// A handler's future: the answer and the descriptors that travel with it.
+pub type Handled<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Answer, Vec<OwnedFd>)> + Send + 'a>>;
+
+/// More requests on the same socket (a pod's): offered each request line first; `None` leaves it
+/// to the control server.
+pub trait Extension: Send + Sync + std::fmt::Debug {
+    /// Handles `line` if it is one of this extension's requests.
+    fn handle<'a>(&'a self, line: &'a str) -> Option<Handled<'a>>;
+}
+
 /// The control server of one UVM.
 #[derive(Debug)]
 pub struct ControlServer {
     client: Arc<ContainerClient>,
     state: Arc<Mutex<ServerState>>,
     socket: PathBuf,
+    extension: Option<Arc<dyn Extension>>,
 }
 
 impl ControlServer {
@@ -41,7 +53,14 @@ impl ControlServer {
             client,
             state: Arc::new(Mutex::new(ServerState::default())),
             socket: dir.join(CONTROL_SOCKET),
+            extension: None,
         }
+    }
+
+    /// Offers every request to `ext` first.
+    pub fn with_extension(mut self, ext: Arc<dyn Extension>) -> Self {
+        self.extension = Some(ext);
+        self
     }
 
     /// The socket path.
@@ -81,12 +100,22 @@ impl ControlServer {
         let mut line = String::new();
         reader.read_line(&mut line).await.map_err(io_err)?;
         let mut stream = reader.into_inner();
-        let (answer, fds) = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => {
-                tracing::debug!(request = ?req, "control request");
-                self.handle(req).await
-            }
-            Err(e) => (Answer::err(format!("bad request: {e}")), Vec::new()),
+        let extended = match &self.extension {
+            Some(ext) => match ext.handle(&line) {
+                Some(f) => Some(f.await),
+                None => None,
+            },
+            None => None,
+        };
+        let (answer, fds) = match extended {
+            Some(r) => r,
+            None => match serde_json::from_str::<Request>(&line) {
+                Ok(req) => {
+                    tracing::debug!(request = ?req, "control request");
+                    self.handle(req).await
+                }
+                Err(e) => (Answer::err(format!("bad request: {e}")), Vec::new()),
+            },
         };
         let mut text = serde_json::to_vec(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
         text.push(b'\n');

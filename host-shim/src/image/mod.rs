@@ -10,6 +10,7 @@
 
 pub mod demo;
 pub mod extract;
+pub mod index;
 pub mod layout;
 pub mod mkfs;
 pub mod pipe;
@@ -189,12 +190,16 @@ pub fn import(path: &Path, cache_dir: &Path, progress: &dyn Progress) -> Result<
         });
     }
     progress.finish();
-    tracing::info!(image = %path.display(), layers = layers.len(), elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "image imported");
-    Ok(ImportedImage {
+    let imported = ImportedImage {
         layers,
         config: plan.config,
         config_digest: plan.config_digest,
-    })
+    };
+    if let Err(e) = index::record(cache_dir, path, &imported) {
+        tracing::warn!(error = %e, "cannot record the image in the cache's index");
+    }
+    tracing::info!(image = %path.display(), layers = imported.layers.len(), elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "image imported");
+    Ok(imported)
 }
 
 /// The cache key (hex) of a layer: its diff_id, else its blob digest.
