@@ -12,9 +12,10 @@ mkdir -p out
 # +crt-static only for the target artefacts: with an explicit --target, build scripts and
 # proc-macros are built for the host without it. relocation-model=static gives a classic static
 # executable (no static-pie self-relocation at start-up; ldd: "not a dynamic executable").
+# The `agent` profile (Cargo.toml, ADR-0010): fat LTO, one codegen unit, opt-level z, panic=abort.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
-  cargo build --quiet --locked --release -p rgcs-agent --target "$TARGET"
-cp "target/$TARGET/release/gcs" out/gcs
+  cargo build --quiet --locked --profile agent -p rgcs-agent --target "$TARGET"
+cp "target/$TARGET/agent/gcs" out/gcs
 lddout=$(ldd out/gcs 2>&1 || true)
 case "$lddout" in
   *"not a dynamic executable"*) ;;

@@ -133,6 +133,22 @@ enum Command {
     Stacks,
 }
 
+/// What the CLI-driven benchmarks (`bench run`, `bench pod`) take.
+#[derive(Args)]
+pub(crate) struct ImageBenchArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Samples.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    runs: usize,
+    /// The image (default: the busybox demo image, built in a temporary directory).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum PodCommand {
     /// Create a pod (its UVM and sandbox) and leave it running.
@@ -301,20 +317,21 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Pods through the CLI: `run -d` (new pod) and `run -d --pod P` to running, and `rm -f`.
-    Pod {
+    /// The agent's RSS idle and with N running containers, and the UVM's memory in use.
+    Memory {
         #[command(flatten)]
         vm: VmArgs,
-        /// Samples per row.
-        #[arg(short = 'n', long, default_value_t = 10)]
-        runs: usize,
-        /// The image (default: the busybox demo image, built in a temporary directory).
-        #[arg(long)]
-        image: Option<PathBuf>,
+        /// Running containers in the loaded reading.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        containers: usize,
         /// Write the results here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// `rgcs run` end to end (cold): to the first output byte and to exit, with a phase breakdown.
+    Run(ImageBenchArgs),
+    /// Pods through the CLI: `run -d` (new pod) and `run -d --pod P` to running, and `rm -f`.
+    Pod(ImageBenchArgs),
     /// Container lifecycle and exec through rgcs, runc and crun in one UVM (use the bench initrd).
     Containers {
         #[command(flatten)]

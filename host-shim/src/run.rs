@@ -197,12 +197,15 @@ pub const MAX_LAYERS: usize = 127;
 
 /// Runs the image's (or the given) command in a container in a fresh UVM and returns its exit code.
 pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
+    mark("start");
     let image = import(&opts).await?;
+    mark("image");
     if image.layers.len() > MAX_LAYERS {
         return Err(RunError::TooManyLayers(image.layers.len()));
     }
     let process = process_spec(&opts, &image.config)?;
     let Session { uvm, bridge, .. } = Session::boot(&opts.boot).await?;
+    mark("booted");
     let bridge = Arc::new(bridge);
     let client = ContainerClient::new(Arc::clone(&bridge), uvm.vsock_prefix());
     let id = opts
@@ -216,7 +219,19 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         tracing::warn!("the utility VM did not power off in time; stopping it");
     }
     uvm.shutdown().await;
+    mark("down");
     result
+}
+
+/// With `RGCS_RUN_MARKS` set, `rgcs run` prints `rgcs-mark <phase> <unix ms>` lines to stderr at
+/// each phase (for `rgcs bench run`'s breakdown; another process compares them with its clock).
+fn mark(phase: &str) {
+    if std::env::var_os("RGCS_RUN_MARKS").is_some() {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        eprintln!("rgcs-mark {phase} {ms:.3}");
+    }
 }
 
 async fn import(opts: &RunOptions) -> Result<ImportedImage, RunError> {
@@ -302,6 +317,7 @@ async fn run_in(
     let root = storage
         .mount(uvm, bridge, image, id, opts.scratch_size, &shares)
         .await?;
+    mark("rootfs");
     // The NIC goes to the namespace named after the container (ContainerSpec's default) before
     // Create, as hcsshim's host adds endpoints first; the guest moves it in at Create.
     let result = async {
@@ -309,6 +325,7 @@ async fn run_in(
         let nic = net
             .attach(bridge, id, &opts.network, &opts.ports, &opts.dns)
             .await?;
+        mark("network");
         let result = run_container(client, opts, process, &root).await;
         if let Some(nic) = nic {
             if let Err(e) = net.detach(bridge, nic).await {
@@ -341,6 +358,7 @@ async fn run_container(
         .create_container(id, config)
         .await
         .map_err(|e| program_error(&e).unwrap_or(RunError::Container(e)))?;
+    mark("created");
     let result = async {
         client.start(id).await?;
         let pipes = Pipes {
@@ -349,6 +367,7 @@ async fn run_container(
             stderr: !opts.tty,
         };
         let (pid, stdio) = client.execute_process(id, init_process(pipes)).await?;
+        mark("started");
         let waited = async {
             tokio::select! {
                 w = client.wait_for_process(id, pid, None) => w,
@@ -359,6 +378,7 @@ async fn run_container(
             let _ = client.resize_console(id, pid, rows, cols).await;
         };
         let code = relay_terminal(stdio, opts.tty, waited, resize, Duration::from_secs(2)).await??;
+        mark("exited");
         Ok::<_, RunError>(i32::try_from(code).unwrap_or(i32::MAX))
     }
     .await;

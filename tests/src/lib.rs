@@ -25,6 +25,27 @@ pub fn boot_options() -> BootOptions {
     o
 }
 
+/// Boots a UVM for a test (logging on), prepares the busybox rootfs; the UVM and its client.
+pub async fn boot_with_busybox() -> (rgcs_host_shim::vm::Uvm, rgcs_client::ContainerClient) {
+    init_logging();
+    let rgcs_host_shim::session::Session { uvm, bridge, .. } =
+        rgcs_host_shim::session::Session::boot(&boot_options())
+            .await
+            .expect("boot and negotiate");
+    let client = rgcs_client::ContainerClient::new(std::sync::Arc::new(bridge), uvm.vsock_prefix());
+    rgcs_client::prepare_busybox_rootfs(&client, rgcs_client::BUSYBOX_ROOTFS)
+        .await
+        .expect("busybox rootfs");
+    (uvm, client)
+}
+
+/// Powers the UVM off through the bridge and stops what is left of it.
+pub async fn power_off(client: &rgcs_client::ContainerClient, uvm: rgcs_host_shim::vm::Uvm) {
+    let _ = client.bridge().shutdown_uvm(true).await;
+    let _ = uvm.wait(Duration::from_secs(30)).await;
+    uvm.shutdown().await;
+}
+
 /// Installs a tracing subscriber once (host logs and re-emitted guest logs, shown on failure).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

@@ -12,16 +12,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use rgcs_client::{prepare_busybox_rootfs, uvm_sh_ok, ContainerClient, BUSYBOX_ROOTFS};
+use rgcs_client::{uvm_sh_ok, ContainerClient};
 use rgcs_host_shim::net::{user, AttachedNic, NetworkMode, UvmNetwork};
-use rgcs_host_shim::session::Session;
 use rgcs_protocol::message::{
     Empty, IpConfig, ModificationRequest, ModifySettingsRequest, NetworkAdapter, RequestType, Resource,
     UVM_CONTAINER_ID,
 };
 use rgcs_protocol::{HResult, MessageId};
 use rgcs_tests::cases::{busybox, ensure, err, remove, sh, sleeper, step, CaseResult, Cases};
-use rgcs_tests::{boot_options, init_logging};
+use rgcs_tests::{boot_with_busybox, power_off};
 
 /// The hosts file of a container named `name` (§6.8).
 fn hosts(name: &str, short: Option<&str>) -> String {
@@ -475,12 +474,7 @@ async fn case_hostile(c: &ContainerClient, net: &mut UvmNetwork) -> CaseResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_get_networks_from_the_host() {
-    init_logging();
-    let Session { uvm, bridge, .. } = Session::boot(&boot_options()).await.expect("boot and negotiate");
-    let client = ContainerClient::new(std::sync::Arc::new(bridge), uvm.vsock_prefix());
-    prepare_busybox_rootfs(&client, BUSYBOX_ROOTFS)
-        .await
-        .expect("busybox rootfs");
+    let (uvm, client) = boot_with_busybox().await;
     let mut net = UvmNetwork::new(&uvm).await.expect("QMP");
     let mut cases = Cases::new();
     cases
@@ -513,8 +507,6 @@ async fn containers_get_networks_from_the_host() {
             case_hostile(&client, &mut net),
         )
         .await;
-    let _ = client.bridge().shutdown_uvm(true).await;
-    let _ = uvm.wait(Duration::from_secs(30)).await;
-    uvm.shutdown().await;
+    power_off(&client, uvm).await;
     cases.finish();
 }

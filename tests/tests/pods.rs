@@ -6,13 +6,10 @@
 
 use std::time::Duration;
 
-use rgcs_client::{
-    census, prepare_busybox_rootfs, uvm_sh_ok, BindMount, ContainerClient, PodRole, BUSYBOX_ROOTFS,
-};
-use rgcs_host_shim::session::Session;
+use rgcs_client::{census, uvm_sh_ok, BindMount, ContainerClient, PodRole};
 use rgcs_protocol::HResult;
 use rgcs_tests::cases::{busybox, ensure, err, remove, sh, sleeper, step, CaseResult, Cases};
-use rgcs_tests::{boot_options, init_logging};
+use rgcs_tests::{boot_with_busybox, power_off};
 
 const POD: &str = "pod1";
 const POD_HOSTNAME: &str = "podhost";
@@ -221,12 +218,7 @@ async fn case_twenty_pods(c: &ContainerClient) -> CaseResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_share_namespaces_files_and_volumes_and_leave_nothing() {
-    init_logging();
-    let Session { uvm, bridge, .. } = Session::boot(&boot_options()).await.expect("boot and negotiate");
-    let client = ContainerClient::new(std::sync::Arc::new(bridge), uvm.vsock_prefix());
-    prepare_busybox_rootfs(&client, BUSYBOX_ROOTFS)
-        .await
-        .expect("busybox rootfs");
+    let (uvm, client) = boot_with_busybox().await;
     let mut cases = Cases::new();
     cases
         .run(
@@ -237,8 +229,6 @@ async fn pods_share_namespaces_files_and_volumes_and_leave_nothing() {
     cases
         .run("twenty pods leave nothing behind", case_twenty_pods(&client))
         .await;
-    let _ = client.bridge().shutdown_uvm(true).await;
-    let _ = uvm.wait(Duration::from_secs(30)).await;
-    uvm.shutdown().await;
+    power_off(&client, uvm).await;
     cases.finish();
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub mod containers;
+pub mod memory;
 pub mod net;
 pub mod soak;
 pub mod storage;
