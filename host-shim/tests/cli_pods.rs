@@ -242,20 +242,24 @@ fn pods_from_the_cli_in_separate_processes() {
     assert_eq!(env.pod_dirs(), 0);
 
     // run -d: a pod of its own; the pod server killed with SIGKILL takes its QEMU with it.
-    let out = env.ok(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--cache",
-        env.cache(),
-        "--name",
-        "k",
-        a,
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    let run_k = || {
+        let args = [
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--cache",
+            env.cache(),
+            "--name",
+            "k",
+            a,
+            "--",
+            "sleep",
+            "1000",
+        ];
+        env.ok(&args)
+    };
+    let out = run_k();
     assert_eq!(out.trim(), "k");
     let server = env.server_pid("k");
     let kids = children(server);
@@ -283,20 +287,7 @@ fn pods_from_the_cli_in_separate_processes() {
         !stale.is_empty(),
         "the killed server's run directory is there until swept"
     );
-    env.ok(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--cache",
-        env.cache(),
-        "--name",
-        "k",
-        a,
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    run_k();
     assert!(
         stale.iter().all(|d| !d.exists()),
         "stale run directories {stale:?}"

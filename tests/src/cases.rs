@@ -40,6 +40,29 @@ pub async fn step<T>(what: &str, f: impl Future<Output = T>) -> Result<T, String
         .map_err(|_| format!("{what}: no answer within {STEP:?}"))
 }
 
+/// A UVM-level ModifySettings of `resource`; its HRESULT (`S_OK` on success).
+pub async fn modify_uvm(
+    c: &ContainerClient,
+    request: rgcs_protocol::message::RequestType,
+    resource: rgcs_protocol::message::Resource,
+) -> Result<rgcs_protocol::HResult, String> {
+    use rgcs_protocol::message::{Empty, ModificationRequest, ModifySettingsRequest, UVM_CONTAINER_ID};
+    let what = format!("ModifySettings {:?} {:?}", request, resource.resource_type());
+    let body = ModifySettingsRequest {
+        request: ModificationRequest::new(request, resource),
+    };
+    match step(
+        &what,
+        c.bridge()
+            .call::<_, Empty>(rgcs_protocol::MessageId::MODIFY_SETTINGS, UVM_CONTAINER_ID, &body),
+    )
+    .await?
+    {
+        Ok(_) => Ok(rgcs_protocol::HResult::S_OK),
+        Err(e) => e.hresult().ok_or_else(|| format!("{what}: {e}")),
+    }
+}
+
 /// A container over the busybox rootfs the harness prepares in the UVM.
 pub fn busybox(id: &str, args: &[&str]) -> ContainerSpec {
     ContainerSpec::new(id, BUSYBOX_ROOTFS, ProcessSpec::new(args.iter().copied()))

@@ -19,28 +19,17 @@ use rgcs_host_shim::session::Session;
 use rgcs_host_shim::vm::qmp::Qmp;
 use rgcs_host_shim::vm::{Uvm, VmError};
 use rgcs_protocol::message::{
-    Empty, MappedVirtualDisk, ModificationRequest, ModifySettingsRequest, NotificationType, PropertyType,
-    RequestType, Resource, UVM_CONTAINER_ID,
+    MappedVirtualDisk, NotificationType, PropertyType, RequestType, Resource, UVM_CONTAINER_ID,
 };
-use rgcs_protocol::{error_chain, HResult, MessageId};
-use rgcs_tests::cases::{busybox, create_and_start, ensure, err, sleeper, step, CaseResult, Cases, STEP};
+use rgcs_protocol::{error_chain, HResult};
+use rgcs_tests::cases::{
+    busybox, create_and_start, ensure, err, modify_uvm, sleeper, step, CaseResult, Cases, STEP,
+};
 use rgcs_tests::{boot_options, init_logging, processes_mentioning, wait_until};
 
 /// A MappedVirtualDisk request on the UVM; the HRESULT.
 async fn disk(c: &ContainerClient, request: RequestType, d: MappedVirtualDisk) -> Result<HResult, String> {
-    let body = ModifySettingsRequest {
-        request: ModificationRequest::new(request, Resource::MappedVirtualDisk(d)),
-    };
-    match step(
-        "ModifySettings",
-        c.bridge()
-            .call::<_, Empty>(MessageId::MODIFY_SETTINGS, UVM_CONTAINER_ID, &body),
-    )
-    .await?
-    {
-        Ok(_) => Ok(HResult::S_OK),
-        Err(e) => e.hresult().ok_or_else(|| format!("ModifySettings: {e}")),
-    }
+    modify_uvm(c, request, Resource::MappedVirtualDisk(d)).await
 }
 
 async fn case_shell_and_tools(c: &ContainerClient) -> CaseResult {

@@ -14,12 +14,9 @@ use std::time::Duration;
 
 use rgcs_client::{uvm_sh_ok, ContainerClient};
 use rgcs_host_shim::net::{user, AttachedNic, NetworkMode, UvmNetwork};
-use rgcs_protocol::message::{
-    Empty, IpConfig, ModificationRequest, ModifySettingsRequest, NetworkAdapter, RequestType, Resource,
-    UVM_CONTAINER_ID,
-};
-use rgcs_protocol::{HResult, MessageId};
-use rgcs_tests::cases::{busybox, ensure, err, remove, sh, sleeper, step, CaseResult, Cases};
+use rgcs_protocol::message::{IpConfig, NetworkAdapter, RequestType, Resource};
+use rgcs_protocol::HResult;
+use rgcs_tests::cases::{busybox, ensure, err, modify_uvm, remove, sh, sleeper, step, CaseResult, Cases};
 use rgcs_tests::{boot_with_busybox, power_off};
 
 /// The hosts file of a container named `name` (§6.8).
@@ -134,19 +131,7 @@ async fn accept_line(l: TcpListener) -> Result<String, String> {
 
 /// A Network request on the UVM; its HRESULT.
 async fn network(c: &ContainerClient, request: RequestType, a: NetworkAdapter) -> Result<HResult, String> {
-    let body = ModifySettingsRequest {
-        request: ModificationRequest::new(request, Resource::Network(a)),
-    };
-    match step(
-        "ModifySettings Network",
-        c.bridge()
-            .call::<_, Empty>(MessageId::MODIFY_SETTINGS, UVM_CONTAINER_ID, &body),
-    )
-    .await?
-    {
-        Ok(_) => Ok(HResult::S_OK),
-        Err(e) => e.hresult().ok_or_else(|| format!("Network request: {e}")),
-    }
+    modify_uvm(c, request, Resource::Network(a)).await
 }
 
 /// The UVM's own links (`ip -o link` names), to see that nothing was left behind.
