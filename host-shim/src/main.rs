@@ -472,10 +472,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             PodCommand::Rm { force, names } => cli::pod::rm_pods(&state, names, force).await,
             PodCommand::Serve(a) => cli::pod::serve_cmd(&state, a).await,
         },
-        Command::Images { cache } => cli::pod::images(cache),
-        Command::Rmi { cache, images } => cli::pod::rmi(&state, cache, images),
-        Command::Logs { follow, id } => cli::pod::logs(&state, &id, follow).await,
-        Command::Stop { time, ids } => cli::pod::stop(&state, ids, time).await,
+        Command::Images { cache } => cli::image::images(cache),
+        Command::Rmi { cache, images } => cli::image::rmi(&state, cache, images),
+        Command::Logs { follow, id } => cli::workloads::logs(&state, &id, follow).await,
+        Command::Stop { time, ids } => cli::workloads::stop(&state, ids, time).await,
         Command::Image {
             command: ImageCommand::Import { path, cache, json },
         } => cli::image::import(path, cache, json).await,
@@ -485,23 +485,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Create(a) => cli::containers::create(uvm, a).await,
         Command::Start { interactive, id } => cli::containers::start(uvm, id, interactive).await,
         Command::Exec(p) => {
-            let dir = cli::pod::control_dir(uvm, &state, &p.id)?;
+            let dir = cli::workloads::control_dir(uvm, &state, &p.id)?;
             cli::containers::exec(Some(&dir), p).await
         }
-        Command::Ps { all, id: None } if uvm.is_none() => cli::pod::ps(&state, all),
+        Command::Ps { all, id: None } if uvm.is_none() => cli::workloads::ps(&state, all),
         Command::Ps { id, .. } => {
             let id = id.context("give a container ID (with --uvm), or none to list containers")?;
-            let dir = cli::pod::control_dir(uvm, &state, &id)?;
+            let dir = cli::workloads::control_dir(uvm, &state, &id)?;
             cli::containers::ps(Some(&dir), id).await
         }
         Command::Stats { id } => {
-            let dir = cli::pod::control_dir(uvm, &state, &id)?;
+            let dir = cli::workloads::control_dir(uvm, &state, &id)?;
             cli::containers::stats(Some(&dir), id).await
         }
         Command::Kill(mut k) => {
-            let dir = cli::pod::control_dir(uvm, &state, &k.id)?;
+            let dir = cli::workloads::control_dir(uvm, &state, &k.id)?;
             if uvm.is_none() && k.pid.is_none() {
-                k.pid = cli::pod::init_pid(&state, &k.id);
+                k.pid = cli::workloads::init_pid(&state, &k.id);
             }
             cli::containers::kill(Some(&dir), k).await
         }
@@ -512,7 +512,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            None => cli::pod::rm_containers(&state, ids, force).await,
+            None => cli::workloads::rm_containers(&state, ids, force).await,
         },
         Command::Stacks => cli::containers::stacks(uvm).await,
     }

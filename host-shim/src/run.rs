@@ -171,17 +171,22 @@ impl RunError {
     }
 }
 
-/// A Create refused because the program does not exist (127) or cannot be executed (126), from
-/// the executor's reason as docker reads runc's.
+/// docker's exit code for a Create the executor refused because the program does not exist
+/// (127) or cannot be executed (126), read from the executor's reason as docker reads runc's.
+pub fn program_exit_code(reason: &str) -> Option<u8> {
+    if reason.contains("not found in $PATH") {
+        Some(127)
+    } else if reason.contains("does not have correct permissions") {
+        Some(126)
+    } else {
+        None
+    }
+}
+
+/// A Create refused because the program cannot run, as [`RunError::Program`].
 pub fn program_error(e: &ContainerError) -> Option<RunError> {
     let text = rgcs_protocol::error_chain(e);
-    let code = if text.contains("not found in $PATH") {
-        127
-    } else if text.contains("does not have correct permissions") {
-        126
-    } else {
-        return None;
-    };
+    let code = program_exit_code(&text)?;
     let reason = text
         .rsplit_once(": ")
         .map_or(text.as_str(), |(_, r)| r)

@@ -66,14 +66,21 @@ impl Env {
     }
 }
 
+/// The children of `pid` (from `/proc`, so no procps is needed).
 fn children(pid: u32) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")
+                        .map(|(_, r)| r.split(' ').nth(1) == Some(&pid.to_string()))
+                })
+                .unwrap_or(false)
+        })
         .collect()
 }
 

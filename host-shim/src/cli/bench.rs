@@ -1,16 +1,49 @@
 //! `rgcs bench boot|soak|storage|net|memory|run|pod|containers`.
 
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rgcs_client::{prepare_busybox_rootfs, ContainerClient, BUSYBOX_ROOTFS};
 use rgcs_host_shim::bench;
 use rgcs_host_shim::session::Session;
 
-use crate::{check_runs, BenchCommand};
+use crate::{check_runs, BenchCommand, VmArgs};
+
+/// A benchmark's scratch directory under the temporary directory, removed on drop.
+struct TempWork(PathBuf);
+
+impl TempWork {
+    fn new(kind: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("rgcs-{kind}bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempWork {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The image a CLI-driven benchmark runs: the one given, else the demo image built in `work`.
+fn bench_image(work: &TempWork, given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(i) = given {
+        return Ok(i);
+    }
+    let p = work.path().join("image");
+    rgcs_host_shim::image::demo::build(&p, Path::new("/bin/busybox"))
+        .context("cannot build the demo image")?;
+    Ok(p)
+}
 
 /// Runs a benchmark, prints its table, writes its JSON.
 pub async fn run(command: BenchCommand) -> Result<ExitCode> {
@@ -88,7 +121,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             json,
         }) => {
             check_runs(runs)?;
-            return crate::cli::pod::bench(&vm, runs, image, json).await;
+            return bench_pod(&vm, runs, image, json).await;
         }
         BenchCommand::Storage { vm, image, mib, json } => {
             return crate::cli::image::bench_storage(vm, image, mib, json).await;
@@ -123,10 +156,10 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
 /// exit, with the phases `rgcs run` marks (`RGCS_RUN_MARKS`). The layers are imported once before
 /// the first sample, as they would be for any run after the first.
 pub async fn bench_run(
-    vm: &crate::VmArgs,
+    vm: &VmArgs,
     runs: usize,
-    image: Option<std::path::PathBuf>,
-    json: Option<std::path::PathBuf>,
+    image: Option<PathBuf>,
+    json: Option<PathBuf>,
 ) -> Result<ExitCode> {
     use std::collections::BTreeMap;
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -135,27 +168,12 @@ pub async fn bench_run(
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
     check_runs(runs)?;
-    let work = std::env::temp_dir().join(format!("rgcs-runbench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(work.clone());
-    let image = match image {
-        Some(i) => i,
-        None => {
-            let p = work.join("image");
-            rgcs_host_shim::image::demo::build(&p, std::path::Path::new("/bin/busybox"))?;
-            p
-        }
-    };
+    let work = TempWork::new("run")?;
+    let image = bench_image(&work, image)?;
     let exe = std::env::current_exe()?;
     let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--network".into(), "none".into()];
     args.extend(vm.to_args()?);
-    args.extend(["--cache".into(), work.join("cache").into(), image.into()]);
+    args.extend(["--cache".into(), work.path().join("cache").into(), image.into()]);
     args.extend(["--".into(), "echo".into(), "first-output".into()]);
     let now_ms = || {
         SystemTime::now()
@@ -260,6 +278,124 @@ pub async fn bench_run(
                 mode: "cold",
                 runs,
                 rows: &rows,
+            },
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rgcs bench pod`: what a pod costs and what it saves, timed end to end through the CLI as a
+/// user runs it (each step a separate `rgcs` process, own state directory):
+/// `run -d` (a new pod: boot, sandbox, image, container) and `run -d --pod P` (the pod up: image
+/// and container only) until the command returns with the container running; `rm -f` of each.
+pub async fn bench_pod(
+    vm: &VmArgs,
+    runs: usize,
+    image: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use rgcs_host_shim::bench::{table, write_json, Row, Summary};
+    let work = TempWork::new("pod")?;
+    let image = bench_image(&work, image)?;
+    let exe = std::env::current_exe()?;
+    let mut vm_args = vm.to_args()?;
+    vm_args.extend(["--cache".into(), work.path().join("cache").into()]);
+    let state = work.path().join("state");
+    let rgcs = |args: Vec<OsString>| {
+        let (exe, state) = (exe.clone(), state.clone());
+        async move {
+            let t = Instant::now();
+            let out = tokio::process::Command::new(&exe)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(&args)
+                .output()
+                .await?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if !out.status.success() {
+                bail!("rgcs {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok::<f64, anyhow::Error>(ms)
+        }
+    };
+    let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+    let img: OsString = image.clone().into();
+    // A warm-up: the image's layers are imported once into the cache, as for any later run.
+    let mut warm = os(&["run", "-d", "--network", "none", "--name", "warm"]);
+    warm.extend(vm_args.iter().cloned());
+    warm.extend([img.clone(), "--".into(), "sleep".into(), "1000".into()]);
+    rgcs(warm).await?;
+    rgcs(os(&["rm", "-f", "warm"])).await?;
+    let (mut new_pod, mut rm_pod) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let name = format!("b{i}");
+        let mut a = os(&["run", "-d", "--network", "none", "--name", &name]);
+        a.extend(vm_args.iter().cloned());
+        a.extend([img.clone(), "--".into(), "sleep".into(), "1000".into()]);
+        new_pod.push(rgcs(a).await?);
+        rm_pod.push(rgcs(os(&["rm", "-f", &name])).await?);
+    }
+    let mut create = os(&["pod", "create", "--network", "none"]);
+    create.extend(vm_args.iter().cloned());
+    create.push("pb".into());
+    let pod_create = rgcs(create).await?;
+    let (mut in_pod, mut rm_in_pod) = (Vec::new(), Vec::new());
+    let result = async {
+        for i in 0..runs {
+            let name = format!("w{i}");
+            let mut a = os(&["run", "-d", "--pod", "pb", "--name", &name, "--cache"]);
+            a.push(work.path().join("cache").into());
+            a.extend([img.clone(), "--".into(), "sleep".into(), "1000".into()]);
+            in_pod.push(rgcs(a).await?);
+            rm_in_pod.push(rgcs(os(&["rm", "-f", &name])).await?);
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let _ = rgcs(os(&["pod", "rm", "-f", "pb"])).await;
+    result?;
+    let row = |metric: &str, samples: Vec<f64>| -> Result<Row> {
+        Ok(Row {
+            metric: metric.to_owned(),
+            summary: Summary::of(&samples).ok_or_else(|| anyhow!("no samples for {metric}"))?,
+            samples,
+        })
+    };
+    let rows = vec![
+        row("run -d (new pod) -> running", new_pod)?,
+        row("rm -f (its pod goes too)", rm_pod)?,
+        row("run -d --pod P -> running", in_pod)?,
+        row("rm -f (in a pod)", rm_in_pod)?,
+        row("pod create (once)", vec![pod_create])?,
+    ];
+    let ratio = rows[2].summary.median / rows[0].summary.median;
+    print!(
+        "{}",
+        table(
+            &format!(
+                "pod benchmark: n={runs}, through the CLI, {} MiB, {} vCPU",
+                vm.memory_mib(),
+                vm.cpus()
+            ),
+            &rows
+        )
+    );
+    println!("run -d --pod / run -d (median): {ratio:.3}  (what an existing pod saves)");
+    if let Some(path) = json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            benchmark: &'static str,
+            runs: usize,
+            rows: &'a [Row],
+            ratio_in_pod_to_new_pod: f64,
+        }
+        write_json(
+            &path,
+            &Report {
+                benchmark: "pod",
+                runs,
+                rows: &rows,
+                ratio_in_pod_to_new_pod: ratio,
             },
         )?;
     }

@@ -11,6 +11,8 @@ use rgcs_host_shim::control::{request_async, stdio_from_fds, Answer, ProcessArgs
 use rgcs_host_shim::stdio::relay_terminal;
 use rgcs_host_shim::sys::term::terminal_size;
 
+use super::say;
+
 /// Options of a container process (`create` and `exec`).
 #[derive(Args, Debug)]
 pub struct ProcessOpts {
@@ -79,15 +81,6 @@ pub struct KillArgs {
 fn local_size() -> Option<(u16, u16)> {
     use std::os::fd::AsFd;
     terminal_size(std::io::stdout().as_fd()).or_else(|| terminal_size(std::io::stdin().as_fd()))
-}
-
-/// Prints a line; a closed stdout (`| head`) is not an error.
-fn say(line: impl std::fmt::Display) -> Result<()> {
-    use std::io::Write;
-    match writeln!(std::io::stdout().lock(), "{line}") {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
 }
 
 fn dir(uvm: Option<&Path>) -> Result<&Path> {

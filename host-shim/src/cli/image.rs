@@ -1,6 +1,6 @@
 //! `rgcs run`, `rgcs image import|demo` and `rgcs bench storage`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,9 +13,11 @@ use rgcs_host_shim::run::{self, RunOptions, Volume};
 use rgcs_host_shim::session::{Session, POWER_OFF_TIMEOUT};
 use rgcs_host_shim::{bench, scratch};
 
-use super::pod::{self, PodArgs, PodRun};
+use super::pod::{ago, PodArgs};
+use super::workloads::{self, PodRun};
+use super::{cache_dir, say};
 use crate::VmArgs;
-use rgcs_host_shim::pod::state::StateDir;
+use rgcs_host_shim::pod::state::{PodStatus, StateDir};
 
 /// `rgcs run [-v HOSTDIR:CTRDIR[:ro]]... [-t] [-i] [-e K=V]... IMAGE [-- CMD...]`.
 #[derive(Args)]
@@ -71,12 +73,6 @@ pub struct RunArgs {
     /// Run in this existing pod (attached unless -d).
     #[arg(long, value_name = "POD")]
     pod: Option<String>,
-}
-
-fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {
-    given
-        .or_else(image::default_cache_dir)
-        .ok_or_else(|| anyhow!("no cache directory: pass --cache DIR"))
 }
 
 /// `rgcs run`: exits with the container's exit code.
@@ -135,7 +131,7 @@ async fn run_in_pod(state: &StateDir, a: RunArgs) -> Result<ExitCode> {
         scratch_mib: a.scratch_mib,
         cache: a.cache,
     };
-    pod::run(
+    workloads::run(
         state,
         PodRun {
             pod: a.pod,
@@ -249,4 +245,49 @@ fn tempfile_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir().join(format!("rgcs-bench-storage-{}", std::process::id()));
     std::fs::create_dir_all(&base)?;
     Ok(base)
+}
+
+/// `rgcs images`: the images in the layer cache.
+pub fn images(cache: Option<PathBuf>) -> Result<ExitCode> {
+    let cache = cache_dir(cache)?;
+    say(format!(
+        "{:<14} {:<40} {:>6} {:>10}  {}",
+        "IMAGE ID", "SOURCE", "LAYERS", "SIZE", "IMPORTED"
+    ))?;
+    for r in rgcs_host_shim::image::index::list(&cache) {
+        let id = r.id.strip_prefix("sha256:").unwrap_or(&r.id);
+        say(format!(
+            "{:<14} {:<40} {:>6} {:>7} MB  {}",
+            id.chars().take(12).collect::<String>(),
+            r.source.display(),
+            r.layers.len(),
+            r.size / 1_000_000,
+            ago(r.imported)
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rgcs rmi IMAGE...`: an image and the layers no other image uses; refused while a container
+/// of a live pod was made from it (as docker refuses).
+pub fn rmi(state: &StateDir, cache: Option<PathBuf>, names: Vec<String>) -> Result<ExitCode> {
+    use rgcs_host_shim::image::index;
+    let cache = cache_dir(cache)?;
+    for name in names {
+        let rec = index::find(&cache, &name).map_err(|e| anyhow!(e))?;
+        let users: Vec<String> = state
+            .pods()
+            .into_iter()
+            .filter(|p| matches!(p.status(), Some((_, PodStatus::Running | PodStatus::Starting))))
+            .flat_map(|p| p.containers())
+            .filter(|c| Path::new(&c.image) == rec.source)
+            .map(|c| c.id)
+            .collect();
+        if !users.is_empty() {
+            bail!("image {name} is used by containers {users:?}: remove them first");
+        }
+        let removed = index::remove(&cache, &rec).with_context(|| format!("cannot remove image {name}"))?;
+        say(format!("Deleted: {} ({} layer disks)", rec.id, removed.len()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

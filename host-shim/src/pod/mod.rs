@@ -3,7 +3,11 @@
 //! reaches through the state directory.
 //!
 //! * [`state`] — the state directory, pod and container records, liveness;
-//! * [`server`] — the pod server: boot, sandbox, NIC, workloads, logs, teardown.
+//! * [`server`] — the pod server: boot, sandbox, NIC, workloads, teardown;
+//! * [`workloads`] — the pod's requests: run an image, stop, remove, wait, shut down;
+//! * [`log`] — each workload's bounded output log.
 
+pub mod log;
 pub mod server;
 pub mod state;
+pub mod workloads;

@@ -119,16 +119,9 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The start time of process `pid` (clock ticks since boot), if it runs (a zombie does not).
+/// The start time of process `pid`, if it runs (see [`crate::sys::process::running_since`]).
 pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split(' ');
-    if matches!(fields.next(), Some("Z" | "X")) {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    crate::sys::process::running_since(pid)
 }
 
 /// The guest container ID of pod `name`'s sandbox: `_pod-<name>`. Container names cannot start

@@ -24,3 +24,17 @@ pub fn die_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// The start time of process `pid` (clock ticks since boot, `/proc/PID/stat` field 22) if it
+/// runs: a zombie (killed, not reaped yet) does not, though `kill(pid, 0)` still succeeds on it.
+/// With the start time a caller can also tell a reused PID from the process it recorded.
+pub fn running_since(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ');
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}

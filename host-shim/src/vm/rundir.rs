@@ -162,21 +162,15 @@ fn sweep_stale(parent: &Path) {
         else {
             continue;
         };
-        if !runs(pid) {
+        if u32::try_from(pid)
+            .ok()
+            .and_then(crate::sys::process::running_since)
+            .is_none()
+        {
             tracing::info!(path = %path.display(), owner = pid, "removing a stale run directory");
             let _ = fs::remove_dir_all(&path);
         }
     }
-}
-
-/// Whether process `pid` runs: it exists and is not a zombie (an owner killed moments ago may
-/// not be reaped yet, and `kill(pid, 0)` succeeds on a zombie).
-fn runs(pid: i32) -> bool {
-    pid > 0
-        && fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with(['Z', 'X'])))
-            .unwrap_or(false)
 }
 
 fn remove_sockets(dir: &Path) {
