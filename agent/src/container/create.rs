@@ -242,7 +242,7 @@ async fn create_member(
         }
         Membership::Workload { root, .. } => {
             pod::rewrite_mounts(&mut spec, root).map_err(pod_err)?;
-            pod::apply_workload_annotations(&mut spec).map_err(pod_err)?;
+            super::annotations::apply_workload_annotations(&mut spec).map_err(pod_err)?;
             Some(root.clone())
         }
     };

@@ -7,8 +7,10 @@
 //! * [`spec`] / [`user`] — spec adjustments and user resolution (pure);
 //! * [`runtime`] — the zygote and its IPC (the only libcontainer user);
 //! * [`metrics`] — cgroup statistics in the `LCOWMetrics` shape;
-//! * [`pod`] — sandboxes, workloads and their pod (directories, mount sources, cgroups).
+//! * [`pod`] — sandboxes, workloads and their pod (directories, mount sources, cgroups);
+//! * [`annotations`] — the workload annotations (`/dev/shm` size, privileged, devices).
 
+pub mod annotations;
 pub mod create;
 pub mod metrics;
 pub mod pod;

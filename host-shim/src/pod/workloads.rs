@@ -100,13 +100,13 @@ impl std::fmt::Debug for Pod {
 
 impl Extension for Pod {
     fn handle<'a>(&'a self, line: &'a str) -> Option<Handled<'a>> {
-        let op = serde_json::from_str::<serde_json::Value>(line).ok()?;
-        let op = op.get("op")?.as_str()?;
-        if !POD_OPS.contains(&op) {
+        // Parsed once: the op decides whose request it is, the same value is then decoded.
+        let value = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        if !POD_OPS.contains(&value.get("op")?.as_str()?) {
             return None;
         }
         Some(Box::pin(async move {
-            let req = match serde_json::from_str::<PodRequest>(line) {
+            let req = match serde_json::from_value::<PodRequest>(value) {
                 Ok(r) => r,
                 Err(e) => return (Answer::err(format!("bad request: {e}")), Vec::new()),
             };
