@@ -16,6 +16,9 @@ command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 compgen -G '/boot/vmlinuz-*-amd64' >/dev/null || need_apt+=(linux-image-amd64)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v tc >/dev/null && command -v ip >/dev/null || need_apt+=(iproute2)
+# The tests call /usr/bin/kill (procps) and xz (kernel and layer fixtures).
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || need_apt+=(procps)
+command -v xz >/dev/null || need_apt+=(xz-utils)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need_apt+=(busybox-static)
 # libcontainer's seccomp support links libseccomp.a statically into the guest binary.
 [ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ] || need_apt+=(libseccomp-dev)
