@@ -2,7 +2,8 @@
 # Idempotent set-up of everything rgcs needs on a fresh Debian 12 machine (root):
 #   qemu-system-x86 (the UVM), linux-image-amd64 (guest kernel + modules), e2fsprogs (ext4 layers),
 #   busybox-static (UVM shell, test rootfs), libseccomp-dev (static libseccomp for the agent),
-#   runc + crun (containers benchmark), vhost-device-vsock (host end of vsock, pinned).
+#   runc + crun (containers benchmark), containerd + containernetworking-plugins (the containerd
+#   shim's tests), vhost-device-vsock (host end of vsock, pinned).
 #   (Fuzzing installs its own tools: scripts/fuzz.sh.)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -25,6 +26,11 @@ command -v xz >/dev/null || need_apt+=(xz-utils)
 # runc and crun: only for the containers benchmark's comparison (shipped in out/initrd-bench.img).
 [ -x /usr/sbin/runc ] || need_apt+=(runc)
 [ -x /usr/bin/crun ] || need_apt+=(crun)
+# containerd 1.6 with ctr and the CRI plugin (the shim's tests drive it), the CNI plugins for CRI
+# pods, and `script` (a terminal for `ctr run -t`).
+command -v containerd >/dev/null && command -v ctr >/dev/null || need_apt+=(containerd)
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || need_apt+=(containernetworking-plugins)
+command -v script >/dev/null || need_apt+=(bsdutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

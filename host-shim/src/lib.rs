@@ -11,6 +11,7 @@
 //! * [`p9`] — 9P2000.L file server for guest-dialled vsock shares;
 //! * [`run`] — `rgcs run`: an image, end to end;
 //! * [`control`] — `rgcs uvm boot --serve-dir`'s control socket (server and client);
+//! * [`shim`] — `containerd-shim-rgcs-v1`, the containerd shim v2;
 //! * [`stdio`] — the CLI's terminal relay;
 //! * [`bench`](mod@bench) — benchmarks;
 //! * [`sys`] — the only module with `unsafe`.
@@ -27,6 +28,7 @@ pub mod rootfs;
 pub mod run;
 pub mod scratch;
 pub mod session;
+pub mod shim;
 pub mod stdio;
 pub mod sys;
 pub mod vm;

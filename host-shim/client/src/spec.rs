@@ -421,7 +421,7 @@ impl ContainerSpec {
 
 /// Points the network, IPC and UTS namespaces (and PID with `share_pid`) at the sandbox init's,
 /// as containerd's CRI plugin does with the sandbox task's PID.
-fn join_namespaces(spec: &mut Spec, sandbox_pid: u32, share_pid: bool) {
+pub fn join_namespaces(spec: &mut Spec, sandbox_pid: u32, share_pid: bool) {
     use oci_spec::runtime::LinuxNamespaceType as T;
     let Some(linux) = spec.linux_mut() else { return };
     let mut ns = linux.namespaces().clone().unwrap_or_default();

@@ -107,8 +107,16 @@ pub struct ContainerRootfs {
     scratch: Option<DiskHandle>,
     scratch_file: PathBuf,
     layers: Vec<String>,
-    shares: Vec<(String, String)>,
+    shares: Vec<SharedDir>,
     overlay: bool,
+}
+
+/// A host directory shared into the UVM ([`UvmStorage::share_dir`]).
+#[derive(Debug)]
+pub struct SharedDir {
+    /// Where the guest mounted it.
+    pub mount: String,
+    name: String,
 }
 
 /// Storage of one UVM: the QMP connection, LUNs, shared layer disks, the 9p server.
@@ -351,53 +359,78 @@ impl UvmStorage {
 
         // Shares over Plan 9 (port 564), one connection per guest mount.
         for share in shares {
-            let name = self.next_share.to_string();
-            self.next_share += 1;
-            let server = match &self.p9 {
-                Some(s) => s.clone(),
-                None => {
-                    let s = p9::Server::new();
-                    tokio::spawn(s.clone().serve(uvm.listen(p9::PORT)?));
-                    self.p9 = Some(s.clone());
-                    s
-                }
-            };
-            server
-                .add_share(name.clone(), &share.host, share.read_only)
-                .map_err(|e| RootfsError::Share {
-                    dir: share.host.clone(),
-                    reason: e.to_string(),
-                })?;
             let mount = format!("{}/mounts/m{}", root.bundle, root.shares.len());
-            let dir = MappedDirectory {
-                mount_path: mount.clone(),
-                port: crate::p9::PORT_I32,
-                share_name: name.clone(),
-                read_only: share.read_only,
-            };
-            if let Err(e) = modify(bridge, RequestType::Add, Resource::MappedDirectory(dir)).await {
-                server.remove_share(&name);
-                return Err(e.into());
-            }
-            root.shares.push((mount.clone(), name));
+            let shared = self
+                .share_dir(uvm, bridge, &share.host, &mount, share.read_only)
+                .await?;
+            root.shares.push(shared);
             root.binds.push((mount, share.container.clone(), share.read_only));
         }
         Ok(())
     }
 
+    /// Shares host directory `host` into the UVM at `mount` over Plan 9 (port 564, one
+    /// connection per guest mount; the server starts with the first share).
+    pub async fn share_dir(
+        &mut self,
+        uvm: &Uvm,
+        bridge: &BridgeClient,
+        host: &Path,
+        mount: &str,
+        read_only: bool,
+    ) -> Result<SharedDir, RootfsError> {
+        let name = self.next_share.to_string();
+        self.next_share += 1;
+        let server = match &self.p9 {
+            Some(s) => s.clone(),
+            None => {
+                let s = p9::Server::new();
+                tokio::spawn(s.clone().serve(uvm.listen(p9::PORT)?));
+                self.p9 = Some(s.clone());
+                s
+            }
+        };
+        server
+            .add_share(name.clone(), host, read_only)
+            .map_err(|e| RootfsError::Share {
+                dir: host.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let dir = MappedDirectory {
+            mount_path: mount.to_owned(),
+            port: crate::p9::PORT_I32,
+            share_name: name.clone(),
+            read_only,
+        };
+        if let Err(e) = modify(bridge, RequestType::Add, Resource::MappedDirectory(dir)).await {
+            server.remove_share(&name);
+            return Err(e.into());
+        }
+        Ok(SharedDir {
+            mount: mount.to_owned(),
+            name,
+        })
+    }
+
+    /// Undoes [`Self::share_dir`]: the guest unmounts, the server forgets the share. Errors are
+    /// logged.
+    pub async fn unshare_dir(&mut self, bridge: &BridgeClient, shared: &SharedDir) {
+        let dir = MappedDirectory {
+            mount_path: shared.mount.clone(),
+            ..MappedDirectory::default()
+        };
+        if let Err(e) = modify(bridge, RequestType::Remove, Resource::MappedDirectory(dir)).await {
+            tracing::warn!(error = %e, mount = %shared.mount, "share removal failed");
+        }
+        if let Some(s) = &self.p9 {
+            s.remove_share(&shared.name);
+        }
+    }
+
     /// Removes what [`UvmStorage::mount`] attached, newest first. Errors are logged and removal goes on.
     pub async fn unmount(&mut self, bridge: &BridgeClient, root: ContainerRootfs) {
-        for (mount, name) in root.shares.iter().rev() {
-            let dir = MappedDirectory {
-                mount_path: mount.clone(),
-                ..MappedDirectory::default()
-            };
-            if let Err(e) = modify(bridge, RequestType::Remove, Resource::MappedDirectory(dir)).await {
-                tracing::warn!(error = %e, %mount, "share removal failed");
-            }
-            if let Some(s) = &self.p9 {
-                s.remove_share(name);
-            }
+        for shared in root.shares.iter().rev() {
+            self.unshare_dir(bridge, shared).await;
         }
         if root.overlay {
             let c = CombinedLayers {

@@ -1,6 +1,7 @@
 //! Children that must not outlive host-shim.
 
 use std::io;
+use std::os::fd::FromRawFd;
 
 use tokio::process::Command;
 
@@ -37,4 +38,23 @@ pub fn running_since(pid: u32) -> Option<u64> {
         return None;
     }
     fields.nth(18)?.parse().ok()
+}
+
+/// Takes ownership of descriptor `raw`, inherited across `exec` from the process that started
+/// this one (the containerd shim's listening socket), after checking that it is open. It is
+/// made close-on-exec so that it goes no further.
+pub fn adopt_inherited_fd(raw: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if raw < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {raw} is stdio"),
+        ));
+    }
+    fcntl(raw, FcntlArg::F_GETFD).map_err(io::Error::from)?;
+    fcntl(raw, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    // SAFETY: `raw` is open (F_GETFD succeeded), it is not stdio, and nothing else in this
+    // process owns it: it was inherited across exec and its number came from our parent, which
+    // passed it for us to take.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
 }

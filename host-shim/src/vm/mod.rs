@@ -384,6 +384,12 @@ impl Uvm {
     pub fn qemu_pid(&self) -> u32 {
         self.qemu.pid()
     }
+
+    /// Resolves when QEMU exits, without holding the VM (for a watcher task).
+    pub fn qemu_exited(&self) -> impl std::future::Future<Output = Option<ExitStatus>> + Send + 'static {
+        let mut watch = self.qemu.watcher();
+        async move { watch.exited().await }
+    }
 }
 
 /// The guest's vsock exists only while vhost-device-vsock runs: if it dies first, report it once

@@ -1,0 +1,440 @@
+//! VM tier through containerd (issue 11, `docs/containerd.md`): a containerd 1.6 started by the
+//! test with its own config, root and state directories (and stopped after), the demo image
+//! imported with `ctr image import`, and `containerd-shim-rgcs-v1` (this build) on its PATH.
+//! `ctr run --rm` with output and exit code, `-t` with the window size, stdin to EOF, `exec`,
+//! `ps`, `metrics`, `kill`, two tasks at once; then faults: the UVM killed under a running task
+//! (containerd sees the exit), the shim killed (containerd cleans up through `delete`). After
+//! each step nothing is left: no QEMU, shim, socket, mount or bundle.
+//! Needs `RGCS_INITRD` (set by `scripts/test.sh`) and containerd (`scripts/setup.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The two tests count QEMU processes: they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const RUNTIME: &str = "io.containerd.rgcs.v1";
+const IMAGE: &str = "rgcs/demo:latest";
+
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+fn shim_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-rgcs-v1"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("ctd").tempdir_in("/tmp").unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rgcs]
+    runtime_type = "{RUNTIME}"
+"#
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .env("PATH", path)
+            .env(
+                "RGCS_INITRD",
+                rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}")),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (scripts/setup.sh installs it)");
+        let c = Self { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .unwrap();
+        eprintln!(
+            "ctr {args:?} -> {:?}\n  stdout {:?}\n  stderr {:?}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(out.status.success(), "ctr {args:?} failed: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// `ctr run --rm` of the demo image with a shell command; (code, stdout).
+    fn run(&self, id: &str, script: &str) -> (Option<i32>, String) {
+        let out = self.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", script]);
+        (out.status.code(), text(&out.stdout))
+    }
+
+    fn import_demo(&self) {
+        let layout = self.dir.path().join("demo");
+        let built = Command::new(env!("CARGO_BIN_EXE_rgcs"))
+            .args(["image", "demo", "-o"])
+            .arg(&layout)
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{}", text(&built.stderr));
+        let tar = self.dir.path().join("demo.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.ok(&["image", "import", "--index-name", IMAGE, tar.to_str().unwrap()]);
+    }
+
+    /// `(id, pid, status)` of every task.
+    fn tasks(&self) -> Vec<(String, u32, String)> {
+        self.ok(&["task", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.to_string(),
+                    f.get(1)?.parse().ok()?,
+                    f.get(2)?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    fn wait_status(&self, id: &str, status: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let tasks = self.tasks();
+            if tasks.iter().any(|(i, _, s)| i == id && s == status)
+                || (status == "GONE" && !tasks.iter().any(|(i, _, _)| i == id))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not {status} within {limit:?}: {tasks:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn bundles(&self) -> Vec<String> {
+        std::fs::read_dir(
+            self.dir
+                .path()
+                .join("state/io.containerd.runtime.v2.task/default"),
+        )
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Nothing of any task is left: no QEMU or shim of ours, no mount under our directory, no
+    /// bundle, no shim socket that is ours.
+    fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let qemus = processes("qemu-system");
+            let shims = processes("containerd-shim-rgcs-v1");
+            let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(&self.dir.path().display().to_string()))
+                .map(str::to_owned)
+                .collect();
+            let bundles = self.bundles();
+            if qemus.is_empty() && shims.is_empty() && mounts.is_empty() && bundles.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: qemu {qemus:?} shims {shims:?} mounts {mounts:?} bundles {bundles:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for (id, _, _) in self.tasks_quiet() {
+            let _ = Command::new("ctr")
+                .arg("-a")
+                .arg(self.sock())
+                .args(["task", "kill", "-a", "-s", "KILL", &id])
+                .output();
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = Command::new("ctr")
+                .arg("-a")
+                .arg(self.sock())
+                .args(["task", "rm", "-f", &id])
+                .output();
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        // containerd leaves its snapshot mounts to the next start; the test's are undone here.
+        for d in ["root", "state"] {
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg(self.dir.path().join(d))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Containerd {
+    fn tasks_quiet(&self) -> Vec<(String, u32, String)> {
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(self.sock())
+            .args(["task", "ls", "-q"])
+            .output();
+        out.map(|o| {
+            text(&o.stdout)
+                .lines()
+                .map(|l| (l.trim().to_owned(), 0, String::new()))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// PIDs of processes whose command line mentions `needle` (ours: run by this test's containerd).
+fn processes(needle: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if text(&cmd).contains(needle) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+#[test]
+fn ctr_runs_tasks_in_rgcs_uvms() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let c = Containerd::start();
+    c.import_demo();
+
+    // Output and the exit code through `ctr run --rm`.
+    let (code, out) = c.run(
+        "t1",
+        "echo hello from rgcs; cat /etc/rgcs-demo; echo to-stderr >&2; exit 3",
+    );
+    assert_eq!(code, Some(3));
+    assert_eq!(out, "hello from rgcs\nrgcs demo image: busybox in three layers\n");
+    assert!(
+        c.log().contains("shim serving"),
+        "the shim's log reaches containerd's:\n{}",
+        c.log()
+    );
+    c.assert_clean();
+
+    // A terminal, sized by the client.
+    let cmd = format!(
+        "stty rows 30 cols 100; ctr -a {} run -t --rm --runtime {RUNTIME} {IMAGE} t2 sh -c 'tty; stty size; exit 5'",
+        c.sock().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{shown}");
+    assert!(
+        shown.contains("/dev/pts/0") && shown.contains("30 100"),
+        "{shown:?}"
+    );
+    c.assert_clean();
+
+    // stdin to EOF: it arrives after the task started (ctr sends CloseIO at its stdin's EOF).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(sleep 12; printf 'line one\\nline two\\n') | ctr -a {} run --rm --runtime {RUNTIME} {IMAGE} t3 sh -c 'wc -l; echo done'",
+            c.sock().display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "stdin's EOF did not reach the task");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["2", "done"]
+    );
+    c.assert_clean();
+
+    // Two long-running tasks at once, each in its own UVM; exec, ps, metrics, kill.
+    for id in ["t4", "t5"] {
+        c.ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"]);
+    }
+    let tasks = c.tasks();
+    assert_eq!(
+        tasks.iter().filter(|(_, _, s)| s == "RUNNING").count(),
+        2,
+        "{tasks:?}"
+    );
+    assert_eq!(processes("qemu-system").len(), 2);
+    let pids: Vec<u32> = tasks.iter().map(|t| t.1).collect();
+    assert_ne!(pids[0], pids[1], "each task reports its own UVM's QEMU");
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t4",
+        "sh",
+        "-c",
+        "echo in-exec; ls /proc | grep -c '^[0-9]'; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stdout).starts_with("in-exec\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let ps = c.ok(&["task", "ps", "t4"]);
+    assert_eq!(
+        ps.lines().count(),
+        2,
+        "one process (sleep) after the exec ended: {ps}"
+    );
+    let metrics = c.ok(&["task", "metrics", "t4"]);
+    let usage = metrics
+        .lines()
+        .find(|l| l.starts_with("memory.usage_in_bytes"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .expect("memory usage");
+    assert!(usage > 0, "{metrics}");
+    assert!(metrics.contains("pids.current             1"), "{metrics}");
+    // sleep as PID 1 ignores SIGTERM, as under runc; SIGKILL to all ends it.
+    c.ok(&["task", "kill", "t5"]);
+    std::thread::sleep(Duration::from_secs(2));
+    c.wait_status("t5", "RUNNING", Duration::from_secs(1));
+    for id in ["t4", "t5"] {
+        c.ok(&["task", "kill", "-a", "-s", "KILL", id]);
+        c.wait_status(id, "STOPPED", Duration::from_secs(30));
+        c.ok(&["task", "rm", id]);
+        c.ok(&["container", "rm", id]);
+    }
+    c.assert_clean();
+
+    // Exec into a task that does not exist, kill of a stopped task: clear errors.
+    let out = c.ctr(&["task", "exec", "--exec-id", "e2", "nope", "true"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn containerd_sees_uvm_and_shim_deaths() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let c = Containerd::start();
+    c.import_demo();
+
+    // The UVM killed under a running task: containerd sees the task stop.
+    c.ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "f1", "sleep", "1000"]);
+    let (_, qemu, _) = c.tasks().into_iter().find(|t| t.0 == "f1").unwrap();
+    assert!(text(&std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap()).contains("qemu-system"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(qemu).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_status("f1", "STOPPED", Duration::from_secs(30));
+    c.ok(&["task", "rm", "f1"]);
+    c.ok(&["container", "rm", "f1"]);
+    c.assert_clean();
+
+    // The shim killed: containerd runs `delete`, the task goes, its UVM dies with the shim.
+    c.ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "f2", "sleep", "1000"]);
+    let bundle = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task/default/f2");
+    let shim: i32 = std::fs::read_to_string(bundle.join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_status("f2", "GONE", Duration::from_secs(30));
+    c.ok(&["container", "rm", "f2"]);
+    c.assert_clean();
+    assert!(c.log().contains("cleaning up dead shim"), "{}", c.log());
+}
