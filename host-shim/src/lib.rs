@@ -10,6 +10,7 @@
 //! * [`rootfs`] — a container's root filesystem attached to a running UVM (layers, scratch, shares);
 //! * [`p9`] — 9P2000.L file server for guest-dialled vsock shares;
 //! * [`run`] — `rgcs run`: an image, end to end;
+//! * [`cri`] — a small CRI (Kubernetes runtime API) client over gRPC;
 //! * [`control`] — `rgcs uvm boot --serve-dir`'s control socket (server and client);
 //! * [`shim`] — `containerd-shim-rgcs-v1`, the containerd shim v2;
 //! * [`stdio`] — the CLI's terminal relay;
@@ -18,6 +19,7 @@
 #![deny(unsafe_code)]
 pub mod bench;
 pub mod control;
+pub mod cri;
 pub mod image;
 pub mod initrd;
 pub mod kernel;

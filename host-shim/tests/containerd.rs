@@ -36,6 +36,12 @@ fn text(b: &[u8]) -> String {
 
 impl Containerd {
     fn start() -> Self {
+        Self::start_in(None, "")
+    }
+
+    /// containerd, in network namespace `netns` when given, with `cri` appended to the CRI
+    /// plugin's section of its config.
+    fn start_in(netns: Option<&str>, cri: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("ctd").tempdir_in("/tmp").unwrap();
         let d = dir.path().display();
         let config = format!(
@@ -48,6 +54,9 @@ state = "{d}/state"
   address = "{d}/containerd.sock.ttrpc"
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
+{cri}
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rgcs]
     runtime_type = "{RUNTIME}"
 "#
@@ -59,7 +68,15 @@ state = "{d}/state"
             shim_dir().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "containerd"]);
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(dir.path().join("config.toml"))
             .env("PATH", path)
@@ -121,24 +138,38 @@ state = "{d}/state"
     }
 
     fn import_demo(&self) {
-        let layout = self.dir.path().join("demo");
-        let built = Command::new(env!("CARGO_BIN_EXE_rgcs"))
-            .args(["image", "demo", "-o"])
-            .arg(&layout)
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "{}", text(&built.stderr));
-        let tar = self.dir.path().join("demo.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
-        self.ok(&["image", "import", "--index-name", IMAGE, tar.to_str().unwrap()]);
+        self.import("default", IMAGE, 0);
+    }
+
+    /// Builds the demo image (with `extra` layers on top) and imports it into containerd
+    /// namespace `ns` as `name`.
+    fn import(&self, ns: &str, name: &str, extra: usize) {
+        let layout = self.dir.path().join(format!("image-{extra}"));
+        if !layout.exists() {
+            rgcs_host_shim::image::demo::build_with_layers(&layout, Path::new("/bin/busybox"), extra)
+                .unwrap();
+        }
+        let tar = self.dir.path().join(format!("image-{extra}.tar"));
+        if !tar.exists() {
+            let st = Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-cf")
+                .arg(&tar)
+                .arg(".")
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        self.ok(&[
+            "-n",
+            ns,
+            "image",
+            "import",
+            "--index-name",
+            name,
+            tar.to_str().unwrap(),
+        ]);
     }
 
     /// `(id, pid, status)` of every task.
@@ -437,4 +468,185 @@ fn containerd_sees_uvm_and_shim_deaths() {
     c.ok(&["container", "rm", "f2"]);
     c.assert_clean();
     assert!(c.log().contains("cleaning up dead shim"), "{}", c.log());
+}
+
+/// A network namespace made (and deleted) by the test: CRI's containerd runs in it, so the CNI
+/// bridge, the pod addresses and all traffic stay inside.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new() -> Self {
+        let name = format!("rgcs-cri-{}", std::process::id());
+        let st = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        assert!(st.success(), "ip netns add");
+        let st = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Self(name)
+    }
+
+    fn links(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.0, "-o", "link"])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn cri_runs_a_pod_in_one_rgcs_uvm() {
+    use rgcs_host_shim::cri::{ContainerConfig, CriClient, PodConfig};
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ns = TestNetns::new();
+    let cni_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cni_dir.path().join("10-rgcs-test.conflist"),
+        r#"{"cniVersion": "0.4.0", "name": "rgcs-test", "plugins": [{"type": "bridge", "bridge": "rgcs0",
+            "isGateway": true, "ipMasq": false, "ipam": {"type": "host-local",
+            "ranges": [[{"subnet": "10.233.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}"#,
+    )
+    .unwrap();
+    let cri = format!(
+        r#"  sandbox_image = "rgcs/pause:local"
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{}""#,
+        cni_dir.path().display()
+    );
+    let c = Containerd::start_in(Some(&ns.0), &cri);
+    c.import("k8s.io", "docker.io/rgcs/pause:local", 0);
+    c.import("k8s.io", "docker.io/rgcs/demo:latest", 0);
+    c.import("k8s.io", "docker.io/rgcs/demo2:latest", 1);
+    let logs = c.dir.path().join("pod-logs");
+    let links_before = ns.links();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cri = CriClient::connect(&c.sock()).await.unwrap();
+        let (name, _) = cri.version().await.unwrap();
+        assert_eq!(name, "containerd");
+        let pod = PodConfig {
+            name: "web".into(),
+            uid: "uid-1".into(),
+            namespace: "default".into(),
+            hostname: "web".into(),
+            log_directory: logs.display().to_string(),
+        };
+        let pod_id = cri.run_pod_sandbox(&pod, "rgcs").await.unwrap();
+        let ip = cri.pod_ip(&pod_id).await.unwrap();
+        assert!(ip.starts_with("10.233.0."), "pod IP {ip:?}");
+        assert_eq!(processes("qemu-system").len(), 1);
+
+        let web = ContainerConfig {
+            name: "web".into(),
+            image: "rgcs/demo:latest".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo hello-log; exec busybox httpd -f -p 8080 -h /etc".into(),
+            ],
+            log_path: "web.log".into(),
+            ..Default::default()
+        };
+        let other = ContainerConfig {
+            name: "other".into(),
+            image: "rgcs/demo2:latest".into(),
+            command: vec!["sh".into(), "-c".into(), "ls /layers; sleep 1000".into()],
+            log_path: "other.log".into(),
+            ..Default::default()
+        };
+        let web_id = cri.create_container(&pod_id, &pod, &web).await.unwrap();
+        let other_id = cri.create_container(&pod_id, &pod, &other).await.unwrap();
+        cri.start_container(&web_id).await.unwrap();
+        cri.start_container(&other_id).await.unwrap();
+        assert_eq!(processes("qemu-system").len(), 1, "one UVM per pod");
+
+        let r = cri
+            .exec_sync(&web_id, &["sh", "-c", "echo out; echo err >&2; exit 7"], 30)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+            (&b"out\n"[..], &b"err\n"[..], 7)
+        );
+        // The pod's containers share its network: the second reaches the first on localhost.
+        let r = cri
+            .exec_sync(
+                &other_id,
+                &["busybox", "wget", "-qO-", "http://127.0.0.1:8080/rgcs-demo"],
+                30,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&r.stdout),
+            "rgcs demo image: busybox in three layers\n",
+            "{}",
+            text(&r.stderr)
+        );
+        let stats = cri.container_stats(&web_id).await.unwrap();
+        assert!(stats.working_set > 0 && stats.cpu_ns > 0, "{stats:?}");
+        // The CRI log file, written by containerd from the FIFOs.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let web_log = std::fs::read_to_string(logs.join("web.log")).unwrap_or_default();
+            let other_log = std::fs::read_to_string(logs.join("other.log")).unwrap_or_default();
+            if web_log.contains(" stdout F hello-log") && other_log.contains(" stdout F 00") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CRI logs: {web_log:?} {other_log:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The pod IP from the test's namespace, through CNI's bridge and the UVM's NIC.
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://{ip}:8080/rgcs-demo"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            "rgcs demo image: busybox in three layers\n",
+            "{}",
+            text(&out.stderr)
+        );
+
+        cri.stop_pod_sandbox(&pod_id).await.unwrap();
+        let (state, _) = cri.container_status(&web_id).await.unwrap();
+        assert_eq!(state, 2, "exited after StopPodSandbox");
+        cri.remove_pod_sandbox(&pod_id).await.unwrap();
+        assert!(
+            cri.container_status(&web_id).await.is_err(),
+            "removed with the pod"
+        );
+    });
+    c.assert_clean();
+    let links = ns.links();
+    assert!(
+        links.iter().all(|l| links_before.contains(l) || l == "rgcs0"),
+        "the pod's veth went with it: {links:?}"
+    );
 }
