@@ -328,6 +328,19 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// containerd with rgcs and with runc in the same run: `ctr run --rm true`, and a CRI pod
+    /// (RunPodSandbox + CreateContainer + StartContainer), as ratios, with rgcs's phases.
+    Containerd {
+        /// Samples per scenario and runtime.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        runs: usize,
+        /// The directory holding containerd-shim-rgcs-v1 (default: beside this binary).
+        #[arg(long)]
+        shim_dir: Option<PathBuf>,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// `rgcs run` end to end (cold): to the first output byte and to exit, with a phase breakdown.
     Run(ImageBenchArgs),
     /// Pods through the CLI: `run -d` (new pod) and `run -d --pod P` to running, and `rm -f`.

@@ -8,190 +8,49 @@
 //! Needs `RGCS_INITRD` (set by `scripts/test.sh`) and containerd (`scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The two tests count QEMU processes: they run one at a time.
+use rgcs_host_shim::bench::ctrd::{text, Containerd, Netns, RUNTIME};
+
+/// The tests count QEMU processes: they run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-const RUNTIME: &str = "io.containerd.rgcs.v1";
-const IMAGE: &str = "rgcs/demo:latest";
+const IMAGE: &str = "docker.io/rgcs/demo:latest";
 
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: Child,
+fn start(netns: Option<&str>) -> Containerd {
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-rgcs-v1"));
+    let initrd = rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Containerd::start(netns, shim.parent().unwrap(), &initrd).unwrap();
+    c.verbose = true;
+    c
 }
 
-fn shim_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_containerd-shim-rgcs-v1"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+trait Steps {
+    fn must(&self, args: &[&str]) -> String;
+    fn run(&self, id: &str, script: &str) -> (Option<i32>, String);
+    fn wait_status(&self, id: &str, status: &str, limit: Duration);
+    fn assert_clean(&self);
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-impl Containerd {
-    fn start() -> Self {
-        Self::start_in(None, "")
-    }
-
-    /// containerd, in network namespace `netns` when given, with `cri` appended to the CRI
-    /// plugin's section of its config.
-    fn start_in(netns: Option<&str>, cri: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("ctd").tempdir_in("/tmp").unwrap();
-        let d = dir.path().display();
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-{cri}
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rgcs]
-    runtime_type = "{RUNTIME}"
-"#
-        );
-        std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let path = format!(
-            "{}:{}",
-            shim_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "containerd"]);
-                c
-            }
-            None => Command::new("containerd"),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("PATH", path)
-            .env(
-                "RGCS_INITRD",
-                rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}")),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (scripts/setup.sh installs it)");
-        let c = Self { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start:\n{}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        c
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("containerd.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        let out = Command::new("ctr")
-            .arg("-a")
-            .arg(self.sock())
-            .args(args)
-            .output()
-            .unwrap();
-        eprintln!(
-            "ctr {args:?} -> {:?}\n  stdout {:?}\n  stderr {:?}",
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        assert!(out.status.success(), "ctr {args:?} failed: {}", text(&out.stderr));
-        text(&out.stdout)
+impl Steps for Containerd {
+    fn must(&self, args: &[&str]) -> String {
+        self.ok(args).unwrap()
     }
 
     /// `ctr run --rm` of the demo image with a shell command; (code, stdout).
     fn run(&self, id: &str, script: &str) -> (Option<i32>, String) {
-        let out = self.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", script]);
+        let out = self
+            .ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", script])
+            .unwrap();
         (out.status.code(), text(&out.stdout))
-    }
-
-    fn import_demo(&self) {
-        self.import("default", IMAGE, 0);
-    }
-
-    /// Builds the demo image (with `extra` layers on top) and imports it into containerd
-    /// namespace `ns` as `name`.
-    fn import(&self, ns: &str, name: &str, extra: usize) {
-        let layout = self.dir.path().join(format!("image-{extra}"));
-        if !layout.exists() {
-            rgcs_host_shim::image::demo::build_with_layers(&layout, Path::new("/bin/busybox"), extra)
-                .unwrap();
-        }
-        let tar = self.dir.path().join(format!("image-{extra}.tar"));
-        if !tar.exists() {
-            let st = Command::new("tar")
-                .arg("-C")
-                .arg(&layout)
-                .arg("-cf")
-                .arg(&tar)
-                .arg(".")
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-        self.ok(&[
-            "-n",
-            ns,
-            "image",
-            "import",
-            "--index-name",
-            name,
-            tar.to_str().unwrap(),
-        ]);
-    }
-
-    /// `(id, pid, status)` of every task.
-    fn tasks(&self) -> Vec<(String, u32, String)> {
-        self.ok(&["task", "ls"])
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                Some((
-                    f.first()?.to_string(),
-                    f.get(1)?.parse().ok()?,
-                    f.get(2)?.to_string(),
-                ))
-            })
-            .collect()
     }
 
     fn wait_status(&self, id: &str, status: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let tasks = self.tasks();
+            let tasks = self.tasks().unwrap();
             if tasks.iter().any(|(i, _, s)| i == id && s == status)
                 || (status == "GONE" && !tasks.iter().any(|(i, _, _)| i == id))
             {
@@ -205,22 +64,8 @@ state = "{d}/state"
         }
     }
 
-    fn bundles(&self) -> Vec<String> {
-        std::fs::read_dir(
-            self.dir
-                .path()
-                .join("state/io.containerd.runtime.v2.task/default"),
-        )
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-    }
-
-    /// Nothing of any task is left: no QEMU or shim of ours, no mount under our directory, no
-    /// bundle, no shim socket that is ours.
+    /// Nothing of any task is left: no QEMU or shim, no mount under containerd's directory
+    /// but the snapshotter's own, no bundle.
     fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -232,7 +77,10 @@ state = "{d}/state"
                 .filter(|l| l.contains(&self.dir.path().display().to_string()))
                 .map(str::to_owned)
                 .collect();
-            let bundles = self.bundles();
+            let bundles: Vec<String> = ["default", "k8s.io"]
+                .iter()
+                .flat_map(|ns| self.bundles(ns))
+                .collect();
             if qemus.is_empty() && shims.is_empty() && mounts.is_empty() && bundles.is_empty() {
                 return;
             }
@@ -243,54 +91,6 @@ state = "{d}/state"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for (id, _, _) in self.tasks_quiet() {
-            let _ = Command::new("ctr")
-                .arg("-a")
-                .arg(self.sock())
-                .args(["task", "kill", "-a", "-s", "KILL", &id])
-                .output();
-            std::thread::sleep(Duration::from_millis(500));
-            let _ = Command::new("ctr")
-                .arg("-a")
-                .arg(self.sock())
-                .args(["task", "rm", "-f", &id])
-                .output();
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        // containerd leaves its snapshot mounts to the next start; the test's are undone here.
-        for d in ["root", "state"] {
-            let _ = Command::new("umount")
-                .arg("-R")
-                .arg(self.dir.path().join(d))
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Containerd {
-    fn tasks_quiet(&self) -> Vec<(String, u32, String)> {
-        let out = Command::new("ctr")
-            .arg("-a")
-            .arg(self.sock())
-            .args(["task", "ls", "-q"])
-            .output();
-        out.map(|o| {
-            text(&o.stdout)
-                .lines()
-                .map(|l| (l.trim().to_owned(), 0, String::new()))
-                .collect()
-        })
-        .unwrap_or_default()
     }
 }
 
@@ -312,8 +112,8 @@ fn processes(needle: &str) -> Vec<u32> {
 #[test]
 fn ctr_runs_tasks_in_rgcs_uvms() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let c = Containerd::start();
-    c.import_demo();
+    let c = start(None);
+    c.import("default", IMAGE, 0).unwrap();
 
     // Output and the exit code through `ctr run --rm`.
     let (code, out) = c.run(
@@ -370,9 +170,9 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
 
     // Two long-running tasks at once, each in its own UVM; exec, ps, metrics, kill.
     for id in ["t4", "t5"] {
-        c.ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"]);
+        c.must(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"]);
     }
-    let tasks = c.tasks();
+    let tasks = c.tasks().unwrap();
     assert_eq!(
         tasks.iter().filter(|(_, _, s)| s == "RUNNING").count(),
         2,
@@ -381,29 +181,31 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
     assert_eq!(processes("qemu-system").len(), 2);
     let pids: Vec<u32> = tasks.iter().map(|t| t.1).collect();
     assert_ne!(pids[0], pids[1], "each task reports its own UVM's QEMU");
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        "t4",
-        "sh",
-        "-c",
-        "echo in-exec; ls /proc | grep -c '^[0-9]'; exit 4",
-    ]);
+    let out = c
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "t4",
+            "sh",
+            "-c",
+            "echo in-exec; ls /proc | grep -c '^[0-9]'; exit 4",
+        ])
+        .unwrap();
     assert_eq!(out.status.code(), Some(4));
     assert!(
         text(&out.stdout).starts_with("in-exec\n"),
         "{}",
         text(&out.stdout)
     );
-    let ps = c.ok(&["task", "ps", "t4"]);
+    let ps = c.must(&["task", "ps", "t4"]);
     assert_eq!(
         ps.lines().count(),
         2,
         "one process (sleep) after the exec ended: {ps}"
     );
-    let metrics = c.ok(&["task", "metrics", "t4"]);
+    let metrics = c.must(&["task", "metrics", "t4"]);
     let usage = metrics
         .lines()
         .find(|l| l.starts_with("memory.usage_in_bytes"))
@@ -412,31 +214,34 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
     assert!(usage > 0, "{metrics}");
     assert!(metrics.contains("pids.current             1"), "{metrics}");
     // sleep as PID 1 ignores SIGTERM, as under runc; SIGKILL to all ends it.
-    c.ok(&["task", "kill", "t5"]);
+    c.must(&["task", "kill", "t5"]);
     std::thread::sleep(Duration::from_secs(2));
     c.wait_status("t5", "RUNNING", Duration::from_secs(1));
     for id in ["t4", "t5"] {
-        c.ok(&["task", "kill", "-a", "-s", "KILL", id]);
+        c.must(&["task", "kill", "-a", "-s", "KILL", id]);
         c.wait_status(id, "STOPPED", Duration::from_secs(30));
-        c.ok(&["task", "rm", id]);
-        c.ok(&["container", "rm", id]);
+        c.must(&["task", "rm", id]);
+        c.must(&["container", "rm", id]);
     }
     c.assert_clean();
 
-    // Exec into a task that does not exist, kill of a stopped task: clear errors.
-    let out = c.ctr(&["task", "exec", "--exec-id", "e2", "nope", "true"]);
+    // An exec into a task that does not exist fails clearly.
+    let out = c
+        .ctr(&["task", "exec", "--exec-id", "e2", "nope", "true"])
+        .unwrap();
     assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn containerd_sees_uvm_and_shim_deaths() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let c = Containerd::start();
-    c.import_demo();
+    let c = start(None);
+    c.import("default", IMAGE, 0).unwrap();
 
     // The UVM killed under a running task: containerd sees the task stop.
-    c.ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "f1", "sleep", "1000"]);
-    let (_, qemu, _) = c.tasks().into_iter().find(|t| t.0 == "f1").unwrap();
+    c.must(&["run", "-d", "--runtime", RUNTIME, IMAGE, "f1", "sleep", "1000"]);
+    let (_, qemu, _) = c.tasks().unwrap().into_iter().find(|t| t.0 == "f1").unwrap();
     assert!(text(&std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap()).contains("qemu-system"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(qemu).unwrap()),
@@ -444,12 +249,12 @@ fn containerd_sees_uvm_and_shim_deaths() {
     )
     .unwrap();
     c.wait_status("f1", "STOPPED", Duration::from_secs(30));
-    c.ok(&["task", "rm", "f1"]);
-    c.ok(&["container", "rm", "f1"]);
+    c.must(&["task", "rm", "f1"]);
+    c.must(&["container", "rm", "f1"]);
     c.assert_clean();
 
     // The shim killed: containerd runs `delete`, the task goes, its UVM dies with the shim.
-    c.ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "f2", "sleep", "1000"]);
+    c.must(&["run", "-d", "--runtime", RUNTIME, IMAGE, "f2", "sleep", "1000"]);
     let bundle = c
         .dir
         .path()
@@ -465,75 +270,20 @@ fn containerd_sees_uvm_and_shim_deaths() {
     )
     .unwrap();
     c.wait_status("f2", "GONE", Duration::from_secs(30));
-    c.ok(&["container", "rm", "f2"]);
+    c.must(&["container", "rm", "f2"]);
     c.assert_clean();
     assert!(c.log().contains("cleaning up dead shim"), "{}", c.log());
-}
-
-/// A network namespace made (and deleted) by the test: CRI's containerd runs in it, so the CNI
-/// bridge, the pod addresses and all traffic stay inside.
-struct TestNetns(String);
-
-impl TestNetns {
-    fn new() -> Self {
-        let name = format!("rgcs-cri-{}", std::process::id());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
-        assert!(st.success(), "ip netns add");
-        let st = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        Self(name)
-    }
-
-    fn links(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link"])
-            .output()
-            .unwrap();
-        text(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                l.split(": ")
-                    .nth(1)
-                    .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-            })
-            .collect()
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 #[test]
 fn cri_runs_a_pod_in_one_rgcs_uvm() {
     use rgcs_host_shim::cri::{ContainerConfig, CriClient, PodConfig};
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ns = TestNetns::new();
-    let cni_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        cni_dir.path().join("10-rgcs-test.conflist"),
-        r#"{"cniVersion": "0.4.0", "name": "rgcs-test", "plugins": [{"type": "bridge", "bridge": "rgcs0",
-            "isGateway": true, "ipMasq": false, "ipam": {"type": "host-local",
-            "ranges": [[{"subnet": "10.233.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}"#,
-    )
-    .unwrap();
-    let cri = format!(
-        r#"  sandbox_image = "rgcs/pause:local"
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{}""#,
-        cni_dir.path().display()
-    );
-    let c = Containerd::start_in(Some(&ns.0), &cri);
-    c.import("k8s.io", "docker.io/rgcs/pause:local", 0);
-    c.import("k8s.io", "docker.io/rgcs/demo:latest", 0);
-    c.import("k8s.io", "docker.io/rgcs/demo2:latest", 1);
+    let ns = Netns::new(&format!("rgcs-cri-{}", std::process::id())).unwrap();
+    let c = start(Some(&ns.0));
+    c.import_pause().unwrap();
+    c.import("k8s.io", "docker.io/rgcs/demo:latest", 0).unwrap();
+    c.import("k8s.io", "docker.io/rgcs/demo2:latest", 1).unwrap();
     let logs = c.dir.path().join("pod-logs");
     let links_before = ns.links();
 

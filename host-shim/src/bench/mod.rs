@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub mod containerd;
 pub mod containers;
+pub mod ctrd;
 pub mod memory;
 pub mod net;
 pub mod soak;

@@ -105,6 +105,21 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             }
         }
         BenchCommand::Run(a) => return bench_run(&a.vm, a.runs, a.image, a.json).await,
+        BenchCommand::Containerd { runs, shim_dir, json } => {
+            check_runs(runs)?;
+            let opts = bench::containerd::Options {
+                runs,
+                shim_dir: shim_dir.unwrap_or_else(bench::containerd::default_shim_dir),
+                initrd: rgcs_host_shim::session::initrd_from_env().map_err(anyhow::Error::msg)?,
+            };
+            let report = bench::containerd::run(&opts)
+                .await
+                .context("containerd benchmark failed")?;
+            print!("{}", bench::containerd::render(&report));
+            if let Some(path) = json {
+                bench::write_json(&path, &report)?;
+            }
+        }
         BenchCommand::Memory { vm, containers, json } => {
             let report = bench::memory::memory(&vm.boot_options(), containers)
                 .await

@@ -294,7 +294,10 @@ impl CriClient {
             .runtime("ContainerStatus", Msg::new().str(1, id))
             .await?
             .msg(1)?;
-        Ok((s.int(3), i32::try_from(s.int(7).cast_signed()).unwrap_or(i32::MIN)))
+        Ok((
+            s.int(3),
+            i32::try_from(s.int(7).cast_signed()).unwrap_or(i32::MIN),
+        ))
     }
 
     /// `StopContainer` with a grace period in seconds.

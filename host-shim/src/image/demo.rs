@@ -173,7 +173,7 @@ fn put_blob(root: &Path, data: &[u8]) -> io::Result<String> {
     Ok(d)
 }
 
-fn write_layout(root: &Path, busybox: &[u8], extra: usize) -> io::Result<()> {
+fn write_layout(root: &Path, busybox: &[u8], extra: usize, cmd: &[&str]) -> io::Result<()> {
     fs::create_dir_all(root.join("blobs/sha256"))?;
     let layers = layers(busybox, extra)?;
     let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
@@ -186,7 +186,7 @@ fn write_layout(root: &Path, busybox: &[u8], extra: usize) -> io::Result<()> {
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
         "config": {
-            "Cmd": ["/hello.sh"],
+            "Cmd": cmd,
             "Env": ["PATH=/bin", "HOME=/root"],
             "WorkingDir": "/",
         },
@@ -217,6 +217,12 @@ pub fn build(out: &Path, busybox: &Path) -> Result<(), DemoError> {
 /// Like [`build`], with `extra` more layers on top, each adding `/layers/<NN>` (for tests of
 /// images with many layers).
 pub fn build_with_layers(out: &Path, busybox: &Path, extra: usize) -> Result<(), DemoError> {
+    build_with_cmd(out, busybox, extra, &["/hello.sh"])
+}
+
+/// Like [`build_with_layers`], with `cmd` as the image's command (e.g. a pause image for
+/// containerd's CRI: `sleep` that never ends).
+pub fn build_with_cmd(out: &Path, busybox: &Path, extra: usize, cmd: &[&str]) -> Result<(), DemoError> {
     let bb = fs::read(busybox).map_err(|source| DemoError::Busybox {
         path: busybox.into(),
         source,
@@ -228,7 +234,7 @@ pub fn build_with_layers(out: &Path, busybox: &Path, extra: usize) -> Result<(),
     if out.exists() {
         fs::remove_dir_all(out).map_err(write_err)?;
     }
-    write_layout(out, &bb, extra).map_err(write_err)
+    write_layout(out, &bb, extra, cmd).map_err(write_err)
 }
 
 #[cfg(test)]

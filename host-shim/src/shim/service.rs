@@ -120,6 +120,7 @@ impl Shim {
             terminal: req.terminal,
         };
         // The UVM: booted by a sandbox or standalone task, joined by workloads.
+        let began = std::time::Instant::now();
         let (vm, booted) = match &kind {
             Kind::Workload { sandbox } => {
                 let vm = self.vm().await?;
@@ -145,9 +146,11 @@ impl Shim {
                 (vm, true)
             }
         };
+        let boot_ms = if booted { began.elapsed().as_millis() } else { 0 };
         let made = self.create_in_guest(&vm, req, &bundle, spec, &kind, &stdio).await;
         match made {
-            Ok(task) => {
+            Ok((task, rootfs_ms, create_ms)) => {
+                tracing::info!(task = %req.id, boot_ms, rootfs_ms, create_ms, "task created");
                 lock(&self.tasks).insert(req.id.clone(), Arc::new(task));
                 let pid = vm.pid();
                 self.events
@@ -190,7 +193,8 @@ impl Shim {
         mut spec: Spec,
         kind: &Kind,
         stdio: &StdioPaths,
-    ) -> Result<Task, ShimError> {
+    ) -> Result<(Task, u128, u128), ShimError> {
+        let began = std::time::Instant::now();
         let id = req.id.as_str();
         let mut task = Task {
             id: id.to_owned(),
@@ -242,11 +246,12 @@ impl Shim {
                 oci_bundle_path: guest_bundle,
             }
         };
+        let rootfs_ms = began.elapsed().as_millis();
         if let Err(e) = vm.client.create_container(id, config).await {
             self.release(vm, &task).await;
             return Err(ShimError::from_guest(&e));
         }
-        Ok(task)
+        Ok((task, rootfs_ms, began.elapsed().as_millis() - rootfs_ms))
     }
 
     async fn share_all(
@@ -348,6 +353,7 @@ impl Shim {
             )));
         }
         let vm = self.vm().await?;
+        let began = std::time::Instant::now();
         let opened =
             Opened::open(&proc.stdio).map_err(|e| ShimError::io("open the stdio FIFOs".into(), e))?;
         let pipes = opened.pipes();
@@ -365,6 +371,7 @@ impl Shim {
             .map_err(|e| ShimError::from_guest(&e))?;
         *lock(&proc.wired) = Some(opened.wire(host));
         proc.set_running(guest_pid);
+        tracing::info!(task = %id, exec = %exec_id, start_ms = began.elapsed().as_millis(), "task started");
         let pid = vm.pid();
         if exec_id.is_empty() {
             if task.kind == Kind::Sandbox {
