@@ -114,6 +114,13 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let c = start(None);
     c.import("default", IMAGE, 0).unwrap();
+    let mut events = Command::new("ctr")
+        .arg("-a")
+        .arg(c.sock())
+        .arg("events")
+        .stdout(std::fs::File::create(c.dir.path().join("events.txt")).unwrap())
+        .spawn()
+        .unwrap();
 
     // Output and the exit code through `ctr run --rm`.
     let (code, out) = c.run(
@@ -213,6 +220,14 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
         .expect("memory usage");
     assert!(usage > 0, "{metrics}");
     assert!(metrics.contains("pids.current             1"), "{metrics}");
+    // Pause is refused clearly, not hung.
+    let out = c.ctr(&["task", "pause", "t4"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not implemented"),
+        "{}",
+        text(&out.stderr)
+    );
     // sleep as PID 1 ignores SIGTERM, as under runc; SIGKILL to all ends it.
     c.must(&["task", "kill", "t5"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -222,6 +237,54 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
         c.wait_status(id, "STOPPED", Duration::from_secs(30));
         c.must(&["task", "rm", id]);
         c.must(&["container", "rm", id]);
+    }
+    c.assert_clean();
+
+    // A process killed by the container's memory limit: containerd gets TaskOOM, the task lives on.
+    // (The events of the steps above are in the same stream: exec-added, exec-started.)
+    let seen = || std::fs::read_to_string(c.dir.path().join("events.txt")).unwrap_or_default();
+    c.must(&[
+        "run",
+        "-d",
+        "--memory-limit",
+        "33554432",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t6",
+        "sh",
+        "-c",
+        "head -c 200000000 /dev/zero | tail > /dev/null; sleep 1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen()
+        .lines()
+        .any(|l| l.contains("/tasks/oom") && l.contains("t6"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no TaskOOM for t6 in containerd's events:\n{}",
+            seen()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.wait_status("t6", "RUNNING", Duration::from_secs(1));
+    c.must(&["task", "kill", "-a", "-s", "KILL", "t6"]);
+    c.wait_status("t6", "STOPPED", Duration::from_secs(30));
+    c.must(&["task", "rm", "t6"]);
+    c.must(&["container", "rm", "t6"]);
+    let _ = events.kill();
+    let _ = events.wait();
+    let all = seen();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+    ] {
+        assert!(all.contains(topic), "no {topic} event:\n{all}");
     }
     c.assert_clean();
 
@@ -350,6 +413,13 @@ fn cri_runs_a_pod_in_one_rgcs_uvm() {
             "rgcs demo image: busybox in three layers\n",
             "{}",
             text(&r.stderr)
+        );
+        // UpdateContainerResources reaches the container's cgroup in the guest.
+        cri.update_memory_limit(&other_id, 100 << 20).await.unwrap();
+        let metrics = c.must(&["-n", "k8s.io", "task", "metrics", &other_id]);
+        assert!(
+            metrics.contains("memory.limit_in_bytes    104857600"),
+            "{metrics}"
         );
         let stats = cri.container_stats(&web_id).await.unwrap();
         assert!(stats.working_set > 0 && stats.cpu_ns > 0, "{stats:?}");

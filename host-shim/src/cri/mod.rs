@@ -300,6 +300,14 @@ impl CriClient {
         ))
     }
 
+    /// `UpdateContainerResources` with a memory limit (bytes).
+    pub async fn update_memory_limit(&self, id: &str, bytes: u64) -> Result<(), CriError> {
+        let linux = Msg::new().uint(4, bytes);
+        self.runtime("UpdateContainerResources", Msg::new().str(1, id).msg(2, &linux))
+            .await
+            .map(drop)
+    }
+
     /// `StopContainer` with a grace period in seconds.
     pub async fn stop_container(&self, id: &str, timeout_secs: u64) -> Result<(), CriError> {
         self.runtime("StopContainer", Msg::new().str(1, id).uint(2, timeout_secs))
