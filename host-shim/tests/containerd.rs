@@ -19,7 +19,21 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const IMAGE: &str = "docker.io/rgcs/demo:latest";
 
+/// Shim sockets that existed before the tests (another containerd's).
+static SOCKETS_BEFORE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn shim_sockets() -> Vec<String> {
+    std::fs::read_dir("/run/containerd/s")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn start(netns: Option<&str>) -> Containerd {
+    SOCKETS_BEFORE.get_or_init(shim_sockets);
     let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-rgcs-v1"));
     let initrd = rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}"));
     let mut c = Containerd::start(netns, shim.parent().unwrap(), &initrd).unwrap();
@@ -64,8 +78,8 @@ impl Steps for Containerd {
         }
     }
 
-    /// Nothing of any task is left: no QEMU or shim, no mount under containerd's directory
-    /// but the snapshotter's own, no bundle.
+    /// Nothing of any task is left: no QEMU or shim, no mount under containerd's directory, no
+    /// bundle, no shim socket.
     fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -81,12 +95,22 @@ impl Steps for Containerd {
                 .iter()
                 .flat_map(|ns| self.bundles(ns))
                 .collect();
-            if qemus.is_empty() && shims.is_empty() && mounts.is_empty() && bundles.is_empty() {
+            let before = SOCKETS_BEFORE.get().cloned().unwrap_or_default();
+            let sockets: Vec<String> = shim_sockets()
+                .into_iter()
+                .filter(|s| !before.contains(s))
+                .collect();
+            if qemus.is_empty()
+                && shims.is_empty()
+                && mounts.is_empty()
+                && bundles.is_empty()
+                && sockets.is_empty()
+            {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "left behind: qemu {qemus:?} shims {shims:?} mounts {mounts:?} bundles {bundles:?}\n{}",
+                "left behind: qemu {qemus:?} shims {shims:?} mounts {mounts:?} bundles {bundles:?} sockets {sockets:?}\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(200));

@@ -398,11 +398,7 @@ impl ContainerSpec {
         }
         adjust_like_hcsshim(&mut spec);
         if let Some(ns) = &self.network_namespace {
-            let mut network = oci_spec::runtime::WindowsNetwork::default();
-            network.set_network_namespace(Some(ns.clone()));
-            let mut windows = oci_spec::runtime::Windows::default();
-            windows.set_network(Some(network));
-            spec.set_windows(Some(windows));
+            set_network_namespace(&mut spec, ns);
         }
         Ok(spec)
     }
@@ -441,6 +437,16 @@ pub fn join_namespaces(spec: &mut Spec, sandbox_pid: u32, share_pid: bool) {
 /// The network namespace of a container that has its own (a standalone container): its ID.
 fn id_ns(id: &str) -> String {
     id.to_owned()
+}
+
+/// Sets `windows.network.networkNamespace` (§6.8: the namespace whose NICs the guest moves into
+/// the container), replacing the rest of `windows`.
+pub fn set_network_namespace(spec: &mut Spec, ns: &str) {
+    let mut network = oci_spec::runtime::WindowsNetwork::default();
+    network.set_network_namespace(Some(ns.to_owned()));
+    let mut windows = oci_spec::runtime::Windows::default();
+    windows.set_network(Some(network));
+    spec.set_windows(Some(windows));
 }
 
 /// The §4.5 adjustments hcsshim's host makes before sending a spec: hooks dropped, of

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
-use rgcs_client::spec::{adjust_like_hcsshim, join_namespaces, CONTAINER_TYPE, SANDBOX_ID};
+use rgcs_client::spec::{
+    adjust_like_hcsshim, join_namespaces, set_network_namespace, CONTAINER_TYPE, SANDBOX_ID,
+};
 
 use super::ShimError;
 
@@ -192,11 +194,7 @@ pub fn adapt(
     }
     spec.set_mounts(Some(mounts));
     adjust_like_hcsshim(spec);
-    let mut network = oci_spec::runtime::WindowsNetwork::default();
-    network.set_network_namespace(Some(network_ns.to_owned()));
-    let mut windows = oci_spec::runtime::Windows::default();
-    windows.set_network(Some(network));
-    spec.set_windows(Some(windows));
+    set_network_namespace(spec, network_ns);
     Ok(binds)
 }
 
