@@ -2,9 +2,11 @@
 //! delays readiness (docs/gcs-reference.md's `/init` does these before starting gcs; with one vCPU, doing
 //! them beside the agent's own start would only take CPU from it): the entropy seed from vsock
 //! port 1, cgroup v2 with every controller, `lo` up, and the late kernel modules (storage: SCSI,
-//! ext4, overlay, 9p, dm). Requests that create containers or touch storage wait on
-//! [`ModulesGate`], which reports a failed required step as an error instead of a hang.
+//! ext4, overlay, 9p, dm, pmem, virtio-net). Requests that touch storage or NICs wait on
+//! [`ModulesGate`] for the modules they need ([`ModulesGate::wait_for`]): a 9p share does not
+//! wait for the SCSI or NIC drivers. A failed required step is reported as an error, not a hang.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,8 +15,9 @@ use std::time::Instant;
 use rgcs_init::{cgroups, entropy, modules, net};
 use tokio::sync::watch;
 
-/// Runs the late set-up steps in order, logging each; the error names a required step that failed.
-fn late_setup() -> Result<(), String> {
+/// Runs the late set-up steps in order, logging each; the error names a required step that
+/// failed. `loaded` is told each module as it is in the kernel.
+fn late_setup(mut loaded: impl FnMut(&str)) -> Result<(), String> {
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     match entropy::seed_from_host() {
@@ -59,7 +62,7 @@ fn late_setup() -> Result<(), String> {
         ),
     }
     let t = Instant::now();
-    match modules::load(modules::Phase::Late) {
+    match modules::load_observed(modules::Phase::Late, |name| loaded(name)) {
         Ok(report) => {
             for skipped in &report.skipped {
                 tracing::warn!(module = %skipped.path.display(), error = %skipped.failure, "optional module skipped");
@@ -96,10 +99,17 @@ pub enum LoadState {
     Failed(String),
 }
 
+/// Where the late set-up is: its state and the modules already in the kernel.
+#[derive(Debug, Clone)]
+struct Progress {
+    state: LoadState,
+    loaded: BTreeSet<String>,
+}
+
 /// A gate that storage requests await before they touch block devices or filesystems.
 #[derive(Debug, Clone)]
 pub struct ModulesGate {
-    tx: Arc<watch::Sender<LoadState>>,
+    tx: Arc<watch::Sender<Progress>>,
     started: Arc<AtomicBool>,
 }
 
@@ -113,7 +123,10 @@ impl ModulesGate {
     /// A gate in the `Pending` state.
     pub fn new() -> Self {
         Self {
-            tx: Arc::new(watch::Sender::new(LoadState::Pending)),
+            tx: Arc::new(watch::Sender::new(Progress {
+                state: LoadState::Pending,
+                loaded: BTreeSet::new(),
+            })),
             started: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -121,7 +134,10 @@ impl ModulesGate {
     /// A gate that is already open (nothing to load, e.g. outside a UVM).
     pub fn ready() -> Self {
         Self {
-            tx: Arc::new(watch::Sender::new(LoadState::Ready)),
+            tx: Arc::new(watch::Sender::new(Progress {
+                state: LoadState::Ready,
+                loaded: BTreeSet::new(),
+            })),
             started: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -134,7 +150,12 @@ impl ModulesGate {
         let tx = Arc::clone(&self.tx);
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
-            let state = match late_setup() {
+            let progress = Arc::clone(&tx);
+            let state = match late_setup(|name| {
+                progress.send_modify(|p| {
+                    p.loaded.insert(name.to_owned());
+                });
+            }) {
                 Ok(()) => LoadState::Ready,
                 Err(e) => LoadState::Failed(e),
             };
@@ -143,18 +164,32 @@ impl ModulesGate {
                 ready = state == LoadState::Ready,
                 "late set-up done"
             );
-            tx.send_replace(state);
+            tx.send_modify(|p| p.state = state);
         });
     }
 
-    /// Waits until the load finished; `Err` carries the failure.
+    /// Waits until the whole late set-up finished; `Err` carries the failure.
     pub async fn wait(&self) -> Result<(), String> {
+        self.wait_for(&[]).await
+    }
+
+    /// Waits until every module of `needs` (kernel names, e.g. `9pnet_fd`) is in the kernel, or
+    /// the late set-up finished; an empty `needs` waits for all of it. `Err` carries a failure
+    /// that came first.
+    pub async fn wait_for(&self, needs: &[&str]) -> Result<(), String> {
         let mut rx = self.tx.subscribe();
         loop {
-            match &*rx.borrow_and_update() {
-                LoadState::Ready => return Ok(()),
-                LoadState::Failed(e) => return Err(e.clone()),
-                LoadState::Pending => {}
+            {
+                let p = rx.borrow_and_update();
+                match &p.state {
+                    LoadState::Ready => return Ok(()),
+                    LoadState::Failed(e) => return Err(e.clone()),
+                    LoadState::Pending => {
+                        if !needs.is_empty() && needs.iter().all(|n| p.loaded.contains(*n)) {
+                            return Ok(());
+                        }
+                    }
+                }
             }
             if rx.changed().await.is_err() {
                 return Err("module loader went away".to_owned());
@@ -164,7 +199,7 @@ impl ModulesGate {
 
     /// The current state.
     pub fn state(&self) -> LoadState {
-        self.tx.borrow().clone()
+        self.tx.borrow().state.clone()
     }
 }
 
@@ -180,7 +215,44 @@ mod tests {
             let g = g.clone();
             tokio::spawn(async move { g.wait().await })
         };
-        g.tx.send_replace(LoadState::Failed("ext4: ENOENT".into()));
+        g.tx.send_modify(|p| p.state = LoadState::Failed("ext4: ENOENT".into()));
         assert_eq!(waiter.await.unwrap(), Err("ext4: ENOENT".into()));
+    }
+
+    #[tokio::test]
+    async fn a_subsystem_opens_before_the_whole_list() {
+        let g = ModulesGate::new();
+        let nine_p = {
+            let g = g.clone();
+            tokio::spawn(async move { g.wait_for(&["9p", "9pnet_fd"]).await })
+        };
+        let all = {
+            let g = g.clone();
+            tokio::spawn(async move { g.wait().await })
+        };
+        for m in ["9pnet", "9p"] {
+            g.tx.send_modify(|p| {
+                p.loaded.insert(m.to_owned());
+            });
+        }
+        tokio::task::yield_now().await;
+        assert!(!nine_p.is_finished(), "9pnet_fd is not in yet");
+        g.tx.send_modify(|p| {
+            p.loaded.insert("9pnet_fd".to_owned());
+        });
+        assert_eq!(nine_p.await.unwrap(), Ok(()));
+        assert!(!all.is_finished(), "the rest is still loading");
+        g.tx.send_modify(|p| p.state = LoadState::Ready);
+        assert_eq!(all.await.unwrap(), Ok(()));
+        // A module that is never listed (built in, or absent) is waited for until the end.
+        let g = ModulesGate::new();
+        let absent = {
+            let g = g.clone();
+            tokio::spawn(async move { g.wait_for(&["virtio_pmem"]).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!absent.is_finished());
+        g.tx.send_modify(|p| p.state = LoadState::Ready);
+        assert_eq!(absent.await.unwrap(), Ok(()));
     }
 }

@@ -252,6 +252,30 @@ pub fn load_from(list: &Path, phase: Phase) -> Result<LoadReport, ModuleError> {
     load_with(list, phase, load_module)
 }
 
+/// Like [`load`], calling `done` with each module's name (see [`module_name`]) once it is in the
+/// kernel (loaded now or before, or an optional one given up on), so that a caller waiting for
+/// one subsystem need not wait for the whole list.
+pub fn load_observed(phase: Phase, mut done: impl FnMut(&str)) -> Result<LoadReport, ModuleError> {
+    load_with(Path::new(MODULES_LIST), phase, |path| {
+        let r = load_module(path);
+        if r.is_ok() || matches!(r, Err(LoadFailure::Init(Errno::EEXIST))) {
+            done(&module_name(path));
+        }
+        r
+    })
+}
+
+/// A module's name as the kernel spells it: the file name without `.ko` (and a compression
+/// suffix), with `-` as `_` (`dm-mod.ko` is `dm_mod`).
+pub fn module_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = file.split(".ko").next().unwrap_or(&file);
+    stem.replace('-', "_")
+}
+
 /// The loop behind [`load_from`], over an injectable per-module loader.
 fn load_with(
     list: &Path,
@@ -329,6 +353,16 @@ late  required /lib/modules/6.1/crc32c_generic.ko
 late optional /lib/modules/6.1/crc32c-intel.ko
 \tlate\trequired\t/lib/modules/6.1/ext4.ko
 ";
+
+    #[test]
+    fn module_names_are_the_kernels() {
+        assert_eq!(
+            module_name(Path::new("/lib/modules/6.1/kernel/drivers/md/dm-mod.ko")),
+            "dm_mod"
+        );
+        assert_eq!(module_name(Path::new("/x/9pnet_fd.ko.xz")), "9pnet_fd");
+        assert_eq!(module_name(Path::new("ext4.ko")), "ext4");
+    }
 
     #[test]
     fn parses_entries_in_order_with_line_numbers() {

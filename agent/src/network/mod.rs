@@ -357,7 +357,7 @@ pub async fn modify(
     match req.request.request_type {
         RequestType::Add => {
             host.modules
-                .wait()
+                .wait_for(&["virtio_net"])
                 .await
                 .map_err(crate::storage::StorageError::Modules)?;
             host.networks.add(a).await?;

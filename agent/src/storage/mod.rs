@@ -201,7 +201,10 @@ pub async fn modify(
         }
     }
     check_request_type(&req.request_type, &req.resource)?;
-    host.modules.wait().await.map_err(StorageError::Modules)?;
+    host.modules
+        .wait_for(modules_for(&req.resource))
+        .await
+        .map_err(StorageError::Modules)?;
     let storage = Arc::clone(&host.storage);
     let (resource, request_type) = (req.resource.resource_type().to_owned(), req.request_type.clone());
     tokio::task::spawn_blocking(move || storage.apply(&req.request_type, &req.resource))
@@ -212,6 +215,18 @@ pub async fn modify(
 }
 
 /// `Add`/`Remove` for the storage resources, `Remove` only for `SCSIDevice`.
+/// The kernel modules a storage request needs (empty: the whole late list). A module the
+/// kernel has built in (or lacks) is never reported loaded: its requests wait for the whole list.
+fn modules_for(resource: &Resource) -> &'static [&'static str] {
+    match resource {
+        Resource::MappedDirectory(_) => &["9p", "9pnet_fd"],
+        Resource::CombinedLayers(_) => &["overlay"],
+        Resource::MappedVirtualDisk(_) | Resource::ScsiDevice(_) => &["virtio_scsi", "sd_mod", "ext4"],
+        Resource::VpMemDevice(_) => &["virtio_pmem", "nd_pmem", "dm_mod", "ext4"],
+        _ => &[],
+    }
+}
+
 fn check_request_type(rt: &RequestType, resource: &Resource) -> Result<(), StorageError> {
     let ok = match resource {
         Resource::ScsiDevice(_) => *rt == RequestType::Remove,

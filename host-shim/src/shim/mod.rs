@@ -225,10 +225,11 @@ fn serve(a: &args::Args) -> Result<(), ShimError> {
             () = exit.notified() => {}
             _ = term.recv() => tracing::info!("SIGTERM"),
         }
-        // Let the Shutdown reply go out, then stop serving.
+        // Let the Shutdown reply go out; remove what is left (which also ends pending Waits),
+        // then stop serving.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let _ = server.shutdown().await;
         shim.stop_all().await;
+        let _ = server.shutdown().await;
         Ok(())
     });
     let _ = std::fs::remove_file(&sock);

@@ -48,10 +48,29 @@ pub struct Shim {
     boot: BootOptions,
     vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
     tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
-    /// Sandbox init guest PIDs by sandbox ID.
-    sandboxes: Mutex<HashMap<String, u32>>,
+    /// Running sandboxes and workload Creates in flight.
+    pods: Mutex<Pods>,
     /// Notified when the shim should exit.
     pub exit: Arc<Notify>,
+}
+
+/// The pod bookkeeping a workload's Create and the sandbox's Delete check under one lock.
+#[derive(Debug, Default)]
+struct Pods {
+    /// Sandbox init guest PIDs by sandbox ID.
+    sandboxes: HashMap<String, u32>,
+    /// Workload Creates in flight (the sandbox cannot go meanwhile).
+    creating: usize,
+}
+
+/// Counts a workload Create in flight until dropped.
+struct Creating<'a>(&'a Mutex<Pods>);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(self.0);
+        p.creating = p.creating.saturating_sub(1);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,7 +87,7 @@ impl Shim {
             boot,
             vm: tokio::sync::Mutex::new(None),
             tasks: Arc::new(Mutex::new(HashMap::new())),
-            sandboxes: Mutex::new(HashMap::new()),
+            pods: Mutex::new(Pods::default()),
             exit: Arc::new(Notify::new()),
         }
     }
@@ -121,15 +140,20 @@ impl Shim {
         };
         // The UVM: booted by a sandbox or standalone task, joined by workloads.
         let began = std::time::Instant::now();
+        let mut creating = None;
         let (vm, booted) = match &kind {
             Kind::Workload { sandbox } => {
-                let vm = self.vm().await?;
-                if !lock(&self.sandboxes).contains_key(sandbox) {
-                    return Err(ShimError::Precondition(format!(
-                        "sandbox {sandbox} is not running"
-                    )));
+                {
+                    let mut pods = lock(&self.pods);
+                    if !pods.sandboxes.contains_key(sandbox) {
+                        return Err(ShimError::Precondition(format!(
+                            "sandbox {sandbox} is not running"
+                        )));
+                    }
+                    pods.creating += 1;
                 }
-                (vm, false)
+                creating = Some(Creating(&self.pods));
+                (self.vm().await?, false)
             }
             Kind::Sandbox | Kind::Standalone => {
                 let mut slot = self.vm.lock().await;
@@ -152,6 +176,7 @@ impl Shim {
             Ok((task, rootfs_ms, create_ms)) => {
                 tracing::info!(task = %req.id, boot_ms, rootfs_ms, create_ms, "task created");
                 lock(&self.tasks).insert(req.id.clone(), Arc::new(task));
+                drop(creating);
                 let pid = vm.pid();
                 self.events
                     .publish(
@@ -223,7 +248,9 @@ impl Shim {
             s.config().map_err(|e| ShimError::Invalid(e.to_string()))?
         } else {
             let (sandbox_pid, ns) = match kind {
-                Kind::Workload { sandbox } => (lock(&self.sandboxes).get(sandbox).copied(), sandbox.clone()),
+                Kind::Workload { sandbox } => {
+                    (lock(&self.pods).sandboxes.get(sandbox).copied(), sandbox.clone())
+                }
                 _ => (None, id.to_owned()),
             };
             let guest_bundle = bundle_path(id);
@@ -347,11 +374,27 @@ impl Shim {
 
     async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
         let (task, proc) = self.proc(id, exec_id)?;
-        if proc.phase() != Phase::Created {
+        if !proc.begin_start() {
             return Err(ShimError::Precondition(format!(
                 "process {id}/{exec_id} was started already"
             )));
         }
+        match self.start_guest(&task, &proc, id, exec_id).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                proc.start_failed();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_guest(
+        &self,
+        task: &Task,
+        proc: &Arc<Proc>,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<u32, ShimError> {
         let vm = self.vm().await?;
         let began = std::time::Instant::now();
         let opened =
@@ -369,13 +412,13 @@ impl Shim {
             .execute_process(id, params)
             .await
             .map_err(|e| ShimError::from_guest(&e))?;
-        *lock(&proc.wired) = Some(opened.wire(host));
+        proc.set_wired(opened.wire(host));
         proc.set_running(guest_pid);
         tracing::info!(task = %id, exec = %exec_id, start_ms = began.elapsed().as_millis(), "task started");
         let pid = vm.pid();
         if exec_id.is_empty() {
             if task.kind == Kind::Sandbox {
-                lock(&self.sandboxes).insert(id.to_owned(), guest_pid);
+                lock(&self.pods).sandboxes.insert(id.to_owned(), guest_pid);
             }
             self.events
                 .publish(
@@ -392,7 +435,7 @@ impl Shim {
                     Arc::clone(&vm),
                     self.events.clone(),
                     id.to_owned(),
-                    Arc::clone(&proc),
+                    Arc::clone(proc),
                 ));
             }
         } else {
@@ -411,8 +454,12 @@ impl Shim {
         // The waiter: the guest's answer is the exit; the output is drained before it is told.
         let events = self.events.clone();
         let id = id.to_owned();
+        let proc = Arc::clone(proc);
         tokio::spawn(async move {
-            let code = match vm.client.wait_for_process(&id, guest_pid, None).await {
+            let waited = vm.client.wait_for_process(&id, guest_pid, None).await;
+            proc.set_exited_in_guest();
+            drop(vm);
+            let code = match waited {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(task = %id, exec = %proc.exec_id, error = %error_chain(&e), "wait failed; reporting 255");
@@ -437,9 +484,11 @@ impl Shim {
             .ok()
             .filter(|s| (1..=64).contains(s))
             .ok_or_else(|| ShimError::Invalid(format!("signal {}", req.signal)))?;
+        let finished = || ShimError::NotFound(format!("process {}/{} already finished", req.id, req.exec_id));
+        let init_all = req.all && req.exec_id.is_empty();
         match proc.phase() {
-            Phase::Stopped => Err(ShimError::NotFound(format!(
-                "process {}/{} already finished",
+            Phase::Starting => Err(ShimError::Precondition(format!(
+                "process {}/{} is being started",
                 req.id, req.exec_id
             ))),
             Phase::Created => {
@@ -449,18 +498,29 @@ impl Shim {
                 }
                 Ok(())
             }
+            Phase::Stopped if init_all && !task.live().is_empty() => {
+                // The init is gone but execs live on: `all` reaches them.
+                let vm = self.vm().await?;
+                for p in task.live() {
+                    if let Phase::Running(pid) = p.phase() {
+                        let _ = vm.client.signal_process(&req.id, pid, Some(signal)).await;
+                    }
+                }
+                Ok(())
+            }
+            Phase::Stopped => Err(finished()),
+            Phase::Running(_) if proc.gone() && !init_all => Err(finished()),
             Phase::Running(pid) => {
                 let vm = self.vm().await?;
-                if req.all && req.exec_id.is_empty() && signal == libc::SIGKILL && task.kind != Kind::Sandbox
-                {
+                if init_all && signal == libc::SIGKILL && task.kind != Kind::Sandbox {
                     // Every process of the container: the guest's forced shutdown.
-                    return vm
-                        .client
-                        .shutdown_container(&req.id, ShutdownKind::Forced)
-                        .await
-                        .map_err(|e| ShimError::from_guest(&e));
+                    return match vm.client.shutdown_container(&req.id, ShutdownKind::Forced).await {
+                        Ok(()) => Ok(()),
+                        Err(_) if proc.gone() => Err(finished()),
+                        Err(e) => Err(ShimError::from_guest(&e)),
+                    };
                 }
-                if req.all && req.exec_id.is_empty() {
+                if init_all {
                     let props = vm
                         .client
                         .get_properties(&req.id, &[PropertyType::ProcessList])
@@ -476,10 +536,7 @@ impl Shim {
                 }
                 match vm.client.signal_process(&req.id, pid, Some(signal)).await {
                     Ok(()) => Ok(()),
-                    Err(_) if proc.phase() == Phase::Stopped => Err(ShimError::NotFound(format!(
-                        "process {}/{} already finished",
-                        req.id, req.exec_id
-                    ))),
+                    Err(_) if proc.gone() => Err(finished()),
                     Err(e) => Err(ShimError::from_guest(&e)),
                 }
             }
@@ -488,10 +545,17 @@ impl Shim {
 
     async fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
         let (task, proc) = self.proc(id, exec_id)?;
-        if let Phase::Running(_) = proc.phase() {
-            return Err(ShimError::Precondition(format!(
-                "process {id}/{exec_id} is running: kill it first"
-            )));
+        match proc.phase() {
+            Phase::Running(_) | Phase::Starting => {
+                return Err(ShimError::Precondition(format!(
+                    "process {id}/{exec_id} is running: kill it first"
+                )))
+            }
+            // Never started: it ends now (a Wait on it returns).
+            Phase::Created => {
+                proc.set_exited(128 + 9);
+            }
+            Phase::Stopped => {}
         }
         let pid = self.host_pid().await;
         let exit = proc.exit();
@@ -506,15 +570,28 @@ impl Shim {
             task.remove_exec(exec_id);
             return Ok(resp);
         }
-        if !task.live().is_empty() {
-            return Err(ShimError::Precondition(format!("task {id} has running execs")));
-        }
         if task.kind == Kind::Sandbox {
+            // Under the pods lock: no workload Create may start once the sandbox is going.
+            let mut pods = lock(&self.pods);
             let others: Vec<String> = lock(&self.tasks).keys().filter(|k| *k != id).cloned().collect();
-            if !others.is_empty() {
+            if !others.is_empty() || pods.creating > 0 {
                 return Err(ShimError::Precondition(format!(
-                    "sandbox {id} still has containers {others:?}"
+                    "sandbox {id} still has containers {others:?} ({} being created)",
+                    pods.creating
                 )));
+            }
+            pods.sandboxes.remove(id);
+        }
+        let live = task.live();
+        if !live.is_empty() {
+            // Execs outliving their init (a shared PID namespace): the container goes with them.
+            if let Some(vm) = self.vm.lock().await.clone() {
+                let _ = vm.client.shutdown_container(id, ShutdownKind::Forced).await;
+            }
+            for p in live {
+                if p.set_exited(128 + 9) {
+                    publish_exit(&self.events, id, &p, pid).await;
+                }
             }
         }
         for p in lock(&task.execs).drain().map(|(_, p)| p) {
@@ -530,7 +607,6 @@ impl Shim {
             rootfs::unmount_host_rootfs(root);
         }
         lock(&self.tasks).remove(id);
-        lock(&self.sandboxes).remove(id);
         if !matches!(task.kind, Kind::Workload { .. }) {
             if let Some(vm) = self.vm.lock().await.take() {
                 power_off(vm).await;
@@ -554,7 +630,7 @@ impl Shim {
     async fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, ShimError> {
         let (task, proc) = self.proc(id, exec_id)?;
         let status = match proc.phase() {
-            Phase::Created => Status::CREATED,
+            Phase::Created | Phase::Starting => Status::CREATED,
             Phase::Running(_) => Status::RUNNING,
             Phase::Stopped => Status::STOPPED,
         };
@@ -746,8 +822,10 @@ async fn watch_oom(vm: Arc<Vm>, events: Publisher, id: String, init: Arc<Proc>) 
     }
 }
 
-/// Powers the VM off once no request holds it any more (a request in flight finishes first).
+/// Halts the VM (which ends every request holding it), then powers it off once nothing holds
+/// it any more.
 async fn power_off(vm: Arc<Vm>) {
+    vm.halt().await;
     let mut vm = vm;
     for _ in 0..100 {
         match Arc::try_unwrap(vm) {
@@ -756,10 +834,21 @@ async fn power_off(vm: Arc<Vm>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::warn!("the UVM is still in use after 5 s; killing QEMU");
+    tracing::warn!("the UVM is still in use 5 s after it halted; killing QEMU");
     if let Ok(pid) = i32::try_from(vm.pid()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Runs a request that changes state in a task of its own: ttrpc drops a handler whose deadline
+/// passes or whose connection closes, and a half-done Create, Start or Delete would leave the
+/// VM, mounts or guest processes without a record.
+async fn spawned<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, ShimError>> + Send + 'static,
+) -> Result<T, ShimError> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| ShimError::Guest(format!("the request's task failed: {e}")))?
 }
 
 fn unimplemented<T>(what: &str) -> Reply<T> {
@@ -777,11 +866,11 @@ impl TaskService for Service {
 
     async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> Reply<api::CreateTaskResponse> {
         tracing::info!(task = %req.id, bundle = %req.bundle, terminal = req.terminal, "create");
-        let pid = self
-            .0
-            .create(&req)
+        let shim = Arc::clone(&self.0);
+        let id = req.id.clone();
+        let pid = spawned(async move { shim.create(&req).await })
             .await
-            .inspect_err(|e| tracing::error!(task = %req.id, error = %e, "create failed"))?;
+            .inspect_err(|e| tracing::error!(task = %id, error = %e, "create failed"))?;
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -789,9 +878,11 @@ impl TaskService for Service {
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> Reply<api::StartResponse> {
-        let pid = self.0.start(&req.id, &req.exec_id).await.inspect_err(
-            |e| tracing::error!(task = %req.id, exec = %req.exec_id, error = %e, "start failed"),
-        )?;
+        let shim = Arc::clone(&self.0);
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        let pid = spawned(async move { shim.start(&req.id, &req.exec_id).await })
+            .await
+            .inspect_err(|e| tracing::error!(task = %id, exec = %exec_id, error = %e, "start failed"))?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -799,7 +890,8 @@ impl TaskService for Service {
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> Reply<api::DeleteResponse> {
-        Ok(self.0.delete(&req.id, &req.exec_id).await?)
+        let shim = Arc::clone(&self.0);
+        Ok(spawned(async move { shim.delete(&req.id, &req.exec_id).await }).await?)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> Reply<api::PidsResponse> {

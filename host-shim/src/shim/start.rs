@@ -107,8 +107,17 @@ pub fn start(args: &Args) -> Result<String, ShimError> {
         }
     };
     drop(listener);
-    write_atomic(&bundle, PID_FILE, &child.to_string())?;
-    write_atomic(&bundle, "address", &address)?;
+    let written = write_atomic(&bundle, PID_FILE, &child.to_string())
+        .and_then(|()| write_atomic(&bundle, "address", &address));
+    if let Err(e) = written {
+        // containerd will not know this daemon: it must not outlive the failed start.
+        if let Ok(pid) = i32::try_from(child) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = fs::remove_file(&sock);
+        return Err(e);
+    }
     Ok(address)
 }
 

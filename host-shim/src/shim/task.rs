@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -27,6 +28,8 @@ pub struct Exit {
 pub enum Phase {
     /// Created, not started.
     Created,
+    /// A Start is in flight (Kill and Delete wait for it to settle).
+    Starting,
     /// Running with this guest PID.
     Running(u32),
     /// Exited.
@@ -46,6 +49,10 @@ pub struct Proc {
     /// The copiers, once started.
     pub wired: Mutex<Option<Wired>>,
     exit: watch::Sender<Option<Exit>>,
+    /// `CloseIO` came (perhaps before the copiers existed).
+    stdin_closed: AtomicBool,
+    /// The guest answered WaitForProcess: the process is gone, its output may still drain.
+    exited_in_guest: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,6 +69,8 @@ impl Proc {
             phase: Mutex::new(Phase::Created),
             wired: Mutex::new(None),
             exit: watch::channel(None).0,
+            stdin_closed: AtomicBool::new(false),
+            exited_in_guest: AtomicBool::new(false),
         })
     }
 
@@ -70,12 +79,41 @@ impl Proc {
         *lock(&self.phase)
     }
 
+    /// Created → Starting; `false` if it is not in Created.
+    pub fn begin_start(&self) -> bool {
+        let mut p = lock(&self.phase);
+        if *p == Phase::Created {
+            *p = Phase::Starting;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starting → Created (the start failed).
+    pub fn start_failed(&self) {
+        let mut p = lock(&self.phase);
+        if *p == Phase::Starting {
+            *p = Phase::Created;
+        }
+    }
+
     /// Marks it running (unless it already stopped).
     pub fn set_running(&self, pid: u32) {
         let mut p = lock(&self.phase);
-        if *p == Phase::Created {
+        if matches!(*p, Phase::Created | Phase::Starting) {
             *p = Phase::Running(pid);
         }
+    }
+
+    /// The guest reported the exit (the output may still be draining).
+    pub fn set_exited_in_guest(&self) {
+        self.exited_in_guest.store(true, Ordering::Release);
+    }
+
+    /// Whether the process is gone in the guest (or was never started and is stopped).
+    pub fn gone(&self) -> bool {
+        self.exited_in_guest.load(Ordering::Acquire) || self.phase() == Phase::Stopped
     }
 
     /// Records the exit; `false` if it was recorded before.
@@ -118,11 +156,21 @@ impl Proc {
         }
     }
 
-    /// `CloseIO`.
+    /// `CloseIO`: remembered, so that copiers wired later close stdin at once.
     pub fn close_stdin(&self) {
+        self.stdin_closed.store(true, Ordering::Release);
         if let Some(w) = lock(&self.wired).as_ref() {
             w.close_stdin();
         }
+    }
+
+    /// Installs the copiers (honouring a `CloseIO` that came first).
+    pub fn set_wired(&self, w: Wired) {
+        let mut slot = lock(&self.wired);
+        if self.stdin_closed.load(Ordering::Acquire) {
+            w.close_stdin();
+        }
+        *slot = Some(w);
     }
 
     /// Stops its copiers.

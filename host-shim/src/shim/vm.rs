@@ -96,15 +96,21 @@ impl Vm {
         self.uvm.qemu_pid()
     }
 
-    /// The NIC out, the guest powered off, QEMU and its helpers stopped.
-    pub async fn power_off(self) {
-        if let Some((mut network, nic)) = self.net.lock().await.take() {
+    /// The NIC out and the guest told to power off (waits for QEMU to exit). Every request in
+    /// flight then ends, so the holders of the VM let go of it.
+    pub async fn halt(&self) {
+        let nic = self.net.lock().await.take();
+        if let Some((mut network, nic)) = nic {
             if let Err(e) = network.detach(&self.bridge, nic).await {
                 tracing::warn!(error = %error_chain(&e), "detach the NIC");
             }
         }
         let _ = self.bridge.shutdown_uvm(true).await;
         let _ = self.uvm.wait(POWER_OFF_TIMEOUT).await;
+    }
+
+    /// After [`Self::halt`]: QEMU and its helpers stopped, the run directory removed.
+    pub async fn power_off(self) {
         drop(self.client);
         drop(self.storage);
         match Arc::try_unwrap(self.uvm) {
