@@ -57,15 +57,19 @@ pub const DEFAULT_EARLY_MODULES: &[ModuleRequest] = &[
 /// Modules loaded after the bridge: SCSI disks, ext4 (with crc32c, which ext4 only names as a
 /// soft dependency), overlayfs, 9p over a vsock fd (`9pnet_fd`, LCOW's `trans=fd`),
 /// device-mapper, and pmem when the tree has it. Built-ins (per `modules.builtin`) are skipped.
+///
+/// The order is the order the agent's storage requests can proceed in (it waits per subsystem):
+/// 9p first (five small modules; a containerd task's rootfs share is its first request), then
+/// SCSI + ext4 (`rgcs run`'s scratch disk), overlay, pmem, and the NIC driver last.
 pub const DEFAULT_LATE_MODULES: &[ModuleRequest] = &[
+    ModuleRequest::required("9p"),
+    ModuleRequest::required("9pnet_fd"),
     ModuleRequest::required("virtio_scsi"),
     ModuleRequest::required("sd_mod"),
     ModuleRequest::required("crc32c_generic"),
     ModuleRequest::optional("crc32c-intel"),
     ModuleRequest::required("ext4"),
     ModuleRequest::required("overlay"),
-    ModuleRequest::required("9p"),
-    ModuleRequest::required("9pnet_fd"),
     ModuleRequest::required("dm-mod"),
     ModuleRequest::if_present("virtio_pmem"),
     ModuleRequest::if_present("nd_pmem"),
