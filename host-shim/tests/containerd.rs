@@ -244,6 +244,23 @@ fn ctr_runs_tasks_in_rgcs_uvms() {
         .expect("memory usage");
     assert!(usage > 0, "{metrics}");
     assert!(metrics.contains("pids.current             1"), "{metrics}");
+    // What the container writes is in containerd's snapshot at once (the host's overlay under
+    // the bundle), though the guest caches its root.
+    c.must(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w1",
+        "t4",
+        "sh",
+        "-c",
+        "echo written-in-guest > /marker",
+    ]);
+    let marker = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task/default/t4/rootfs/marker");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "written-in-guest\n");
     // Pause is refused clearly, not hung.
     let out = c.ctr(&["task", "pause", "t4"]).unwrap();
     assert!(!out.status.success());

@@ -228,6 +228,9 @@ fn serve(a: &args::Args) -> Result<(), ShimError> {
         // Let the Shutdown reply go out; remove what is left (which also ends pending Waits),
         // then stop serving.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // No new connections from here on (and nothing left behind if `delete` has to kill us
+        // while the server drains).
+        let _ = std::fs::remove_file(&sock);
         shim.stop_all().await;
         let _ = server.shutdown().await;
         Ok(())

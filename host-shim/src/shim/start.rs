@@ -201,6 +201,13 @@ fn stop_daemon(pid: u32, grace: Duration) {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
             }
+            // stderr is containerd's "cleanup warnings".
+            eprintln!("containerd-shim-rgcs-v1: the shim (pid {pid}) did not exit within {grace:?}: killed");
+            // Until it is gone its socket still accepts: wait (briefly) before judging it dead.
+            let gone = Instant::now() + Duration::from_secs(2);
+            while crate::sys::process::running_since(pid).is_some() && Instant::now() < gone {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
