@@ -4,7 +4,7 @@
 //!
 //! * [`args`] — containerd's command line;
 //! * [`start`] — the `start` and `delete` actions;
-//! * [`service`] — the `containerd.task.v2.Task` service (over ttrpc);
+//! * [`service`] — the `containerd.task.v2.Task` service (over ttrpc): task life, processes;
 //! * [`task`] — a task's processes and their exits;
 //! * [`vm`] — the UVM, its NIC and shares;
 //! * [`spec`] — containerd's OCI spec made fit for the guest;
