@@ -34,3 +34,4 @@ pub mod shim;
 pub mod stdio;
 pub mod sys;
 pub mod vm;
+pub mod warm;

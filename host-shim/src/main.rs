@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: PodCommand,
     },
+    /// The warm pool: UVMs booted ahead of time, each used by one `rgcs run` instead of a boot.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
     /// List the images in the layer cache.
     Images {
         /// Layer cache directory.
@@ -167,6 +172,19 @@ enum PodCommand {
     /// Serve a pod in the foreground (what `pod create` starts in the background).
     #[command(hide = true)]
     Serve(cli::pod::PodServeArgs),
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Keep N warm UVMs ready (booted with these options) and wait until they are.
+    Start(cli::pool::PoolStartArgs),
+    /// List the warm UVMs.
+    Ls,
+    /// Stop refilling and power off the warm UVMs not in use.
+    Stop,
+    /// Serve one warm UVM in the foreground (what the pool starts in the background).
+    #[command(hide = true)]
+    Serve(cli::pool::PoolServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -484,6 +502,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             PodCommand::Ls => cli::pod::ls(&state),
             PodCommand::Rm { force, names } => cli::pod::rm_pods(&state, names, force).await,
             PodCommand::Serve(a) => cli::pod::serve_cmd(&state, a).await,
+        },
+        Command::Pool { command } => match command {
+            PoolCommand::Start(a) => cli::pool::start(&state, a).await,
+            PoolCommand::Ls => cli::pool::ls(&state),
+            PoolCommand::Stop => cli::pool::stop(&state).await,
+            PoolCommand::Serve(a) => cli::pool::serve_cmd(&state, a).await,
         },
         Command::Images { cache } => cli::image::images(cache),
         Command::Rmi { cache, images } => cli::image::rmi(&state, cache, images),

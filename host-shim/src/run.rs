@@ -10,17 +10,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::image::{self, ImportedImage, Progress};
-use crate::net::{NetError, NetworkMode, PortMap, UvmNetwork};
+use crate::net::{AttachedNic, NetError, NetworkMode, PortMap, UvmNetwork};
 use crate::rootfs::{add_binds, ContainerRootfs, RootfsError, Share, UvmStorage};
 use crate::session::{BootOptions, Session, SessionError, POWER_OFF_TIMEOUT};
 use crate::stdio::{relay_terminal, StdioError};
 use crate::vm::Uvm;
+use crate::warm::lease::{self, RunRequest};
+use crate::warm::{fingerprint, Pool};
 use rgcs_client::bridge::{BridgeClient, ClientError};
 use rgcs_client::spec::{init_process, Pipes, ProcessSpec, UserSpec};
+use rgcs_client::HostStdio;
 use rgcs_client::{ContainerClient, ContainerError, ContainerSpec};
 
 /// `-v HOSTDIR:CTRDIR[:ro]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
     /// Host directory (shared over Plan 9).
     pub host: PathBuf,
@@ -150,6 +153,9 @@ pub enum RunError {
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// A warm UVM's server failed (or refused the container, saying why).
+    #[error("the warm UVM: {0}")]
+    Warm(String),
     /// The container's program cannot be run: docker's 127 (not found) or 126 (not executable).
     #[error("{message}")]
     Program {
@@ -200,8 +206,10 @@ pub fn program_error(e: &ContainerError) -> Option<RunError> {
 /// Layers of one image (the scratch disk and every layer take a LUN of controller 0).
 pub const MAX_LAYERS: usize = 127;
 
-/// Runs the image's (or the given) command in a container in a fresh UVM and returns its exit code.
-pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
+/// Runs the image's (or the given) command in a container in a fresh UVM and returns its exit code:
+/// a warm one leased from `pool` when it holds a ready UVM booted as this run would boot (the pool
+/// then boots a replacement in the background), else one booted now.
+pub async fn run(opts: RunOptions, pool: Option<&Pool>) -> Result<i32, RunError> {
     mark("start");
     let image = import(&opts).await?;
     mark("image");
@@ -209,14 +217,24 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         return Err(RunError::TooManyLayers(image.layers.len()));
     }
     let process = process_spec(&opts, &image.config)?;
-    let Session { uvm, bridge, .. } = Session::boot(&opts.boot).await?;
-    mark("booted");
-    let bridge = Arc::new(bridge);
-    let client = ContainerClient::new(Arc::clone(&bridge), uvm.vsock_prefix());
     let id = opts
         .id
         .clone()
         .unwrap_or_else(|| format!("rgcs-run-{}", std::process::id()));
+    if let Some(pool) = pool {
+        let warm = run_warm(pool, &opts, &image, &id).await;
+        // After the container, not during it: a boot takes a whole core under TCG.
+        if let Err(e) = pool.refill() {
+            tracing::warn!(error = %e, "cannot refill the warm pool");
+        }
+        if let Some(result) = warm.transpose() {
+            return result;
+        }
+    }
+    let Session { uvm, bridge, .. } = Session::boot(&opts.boot).await?;
+    mark("booted");
+    let bridge = Arc::new(bridge);
+    let client = ContainerClient::new(Arc::clone(&bridge), uvm.vsock_prefix());
     let result = run_in(&uvm, &bridge, &client, &opts, &image, process, &id).await;
     // Power off (the guest exits without answering) and take everything down.
     let _ = bridge.shutdown_uvm(true).await;
@@ -226,6 +244,27 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     uvm.shutdown().await;
     mark("down");
     result
+}
+
+/// The run in a warm UVM leased from `pool`; `None` when it has none ready for these options.
+async fn run_warm(
+    pool: &Pool,
+    opts: &RunOptions,
+    image: &ImportedImage,
+    id: &str,
+) -> Result<Option<i32>, RunError> {
+    let req = RunRequest::new(opts, image, id);
+    let Some((lease, stdio)) = lease::claim(pool, &fingerprint(&opts.boot), &req).await? else {
+        return Ok(None);
+    };
+    mark("leased");
+    let result = attach_init(&lease, stdio, opts.tty).await;
+    let finished = lease.finish().await;
+    mark("down");
+    match (result, finished) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(code), Ok(())) => Ok(Some(code)),
+    }
 }
 
 /// With `RGCS_RUN_MARKS` set, `rgcs run` prints `rgcs-mark <phase> <unix ms>` lines to stderr at
@@ -309,6 +348,43 @@ async fn run_in(
     process: ProcessSpec,
     id: &str,
 ) -> Result<i32, RunError> {
+    let (started, stdio) = start_container(uvm, bridge, client, opts, image, process, id).await?;
+    let local = LocalInit {
+        client,
+        id,
+        pid: started.pid,
+    };
+    let result = attach_init(&local, stdio, opts.tty).await;
+    started.remove(bridge, client).await;
+    result
+}
+
+/// A container [`start_container`] made ready in a UVM: its root filesystem mounted, its NIC
+/// attached, created, its init running. [`Started::remove`] takes all of it down again.
+pub struct Started {
+    storage: UvmStorage,
+    /// `None` once unmounted.
+    root: Option<ContainerRootfs>,
+    net: UvmNetwork,
+    nic: Option<AttachedNic>,
+    /// The container's ID.
+    pub id: String,
+    /// The init's PID in the guest.
+    pub pid: u32,
+}
+
+/// Mounts the image's root filesystem (with the volumes), attaches the network, creates and
+/// starts the container and its init with the pipes `opts` asks for. On failure whatever was done
+/// is undone before the error returns.
+pub async fn start_container(
+    uvm: &Uvm,
+    bridge: &BridgeClient,
+    client: &ContainerClient,
+    opts: &RunOptions,
+    image: &ImportedImage,
+    process: ProcessSpec,
+    id: &str,
+) -> Result<(Started, HostStdio), RunError> {
     let mut storage = UvmStorage::new(uvm).await?;
     let shares: Vec<Share> = opts
         .volumes
@@ -325,33 +401,84 @@ async fn run_in(
     mark("rootfs");
     // The NIC goes to the namespace named after the container (ContainerSpec's default) before
     // Create, as hcsshim's host adds endpoints first; the guest moves it in at Create.
-    let result = async {
+    let attached = async {
         let mut net = UvmNetwork::new(uvm).await?;
         let nic = net
             .attach(bridge, id, &opts.network, &opts.ports, &opts.dns)
             .await?;
-        mark("network");
-        let result = run_container(client, opts, process, &root).await;
-        if let Some(nic) = nic {
-            if let Err(e) = net.detach(bridge, nic).await {
+        Ok::<_, NetError>((net, nic))
+    }
+    .await;
+    let (net, nic) = match attached {
+        Ok(n) => n,
+        Err(e) => {
+            storage.unmount(bridge, root).await;
+            return Err(e.into());
+        }
+    };
+    mark("network");
+    let mut started = Started {
+        storage,
+        root: None,
+        net,
+        nic,
+        id: id.to_owned(),
+        pid: 0,
+    };
+    let created = create_and_start(client, opts, process, &root).await;
+    started.root = Some(root);
+    match created {
+        Ok((pid, stdio)) => {
+            started.pid = pid;
+            mark("started");
+            Ok((started, stdio))
+        }
+        Err(e) => {
+            started.release(bridge).await;
+            Err(e)
+        }
+    }
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Started {
+    /// Deletes the container's state (its init has exited or is killed with the state), then
+    /// detaches its NIC and unmounts its root filesystem.
+    pub async fn remove(mut self, bridge: &BridgeClient, client: &ContainerClient) {
+        if let Err(e) = client.delete_container_state(&self.id).await {
+            tracing::warn!(error = %e, container = %self.id, "delete container state failed");
+        }
+        self.release(bridge).await;
+    }
+
+    async fn release(&mut self, bridge: &BridgeClient) {
+        if let Some(nic) = self.nic.take() {
+            if let Err(e) = self.net.detach(bridge, nic).await {
                 tracing::warn!(error = %rgcs_protocol::error_chain(&e), "network detach failed");
             }
         }
-        result
+        if let Some(root) = self.root.take() {
+            self.storage.unmount(bridge, root).await;
+        }
     }
-    .await;
-    storage.unmount(bridge, root).await;
-    result
 }
 
-/// Create, start, the init process with stdio relayed to this terminal, its exit code, and the
-/// container's state deleted again whatever happened after Create.
-async fn run_container(
+/// Create, start and the init process; the container's state is deleted again if a step after
+/// Create fails.
+async fn create_and_start(
     client: &ContainerClient,
     opts: &RunOptions,
     process: ProcessSpec,
     root: &ContainerRootfs,
-) -> Result<i32, RunError> {
+) -> Result<(u32, HostStdio), RunError> {
     let id = root.id.as_str();
     let mut spec = ContainerSpec::new(id, root.rootfs.clone(), process);
     spec.hostname.clone_from(&opts.hostname);
@@ -364,33 +491,71 @@ async fn run_container(
         .await
         .map_err(|e| program_error(&e).unwrap_or(RunError::Container(e)))?;
     mark("created");
+    let pipes = Pipes {
+        stdin: opts.interactive || opts.tty,
+        stdout: true,
+        stderr: !opts.tty,
+    };
     let result = async {
         client.start(id).await?;
-        let pipes = Pipes {
-            stdin: opts.interactive || opts.tty,
-            stdout: true,
-            stderr: !opts.tty,
-        };
-        let (pid, stdio) = client.execute_process(id, init_process(pipes)).await?;
-        mark("started");
-        let waited = async {
-            tokio::select! {
-                w = client.wait_for_process(id, pid, None) => w,
-                never = proxy_signals(client, id, pid) => match never {},
-            }
-        };
-        let resize = |rows: u16, cols: u16| async move {
-            let _ = client.resize_console(id, pid, rows, cols).await;
-        };
-        let code = relay_terminal(stdio, opts.tty, waited, resize, Duration::from_secs(2)).await??;
-        mark("exited");
-        Ok::<_, RunError>(i32::try_from(code).unwrap_or(i32::MAX))
+        client.execute_process(id, init_process(pipes)).await
     }
     .await;
-    if let Err(e) = client.delete_container_state(id).await {
-        tracing::warn!(error = %e, container = id, "delete container state failed");
+    if result.is_err() {
+        if let Err(e) = client.delete_container_state(id).await {
+            tracing::warn!(error = %e, container = id, "delete container state failed");
+        }
     }
-    result
+    Ok(result?)
+}
+
+/// What `rgcs run` needs of a running init besides its stdio: its exit, signals and terminal
+/// resizes; through this process's bridge ([`LocalInit`]) or a warm UVM's server.
+pub trait InitHandle: Sync {
+    /// The init's exit code, once it has exited.
+    fn wait(&self) -> impl std::future::Future<Output = Result<u32, RunError>> + Send;
+    /// Sends `signal` (SIGKILL when `None`).
+    fn signal(&self, signal: Option<i32>) -> impl std::future::Future<Output = Result<(), RunError>> + Send;
+    /// Resizes the init's terminal.
+    fn resize(&self, rows: u16, cols: u16) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// An init reached through this process's own bridge.
+#[derive(Debug)]
+pub struct LocalInit<'a> {
+    /// The UVM's container client.
+    pub client: &'a ContainerClient,
+    /// Container ID.
+    pub id: &'a str,
+    /// The init's PID.
+    pub pid: u32,
+}
+
+impl InitHandle for LocalInit<'_> {
+    async fn wait(&self) -> Result<u32, RunError> {
+        Ok(self.client.wait_for_process(self.id, self.pid, None).await?)
+    }
+    async fn signal(&self, signal: Option<i32>) -> Result<(), RunError> {
+        Ok(self.client.signal_process(self.id, self.pid, signal).await?)
+    }
+    async fn resize(&self, rows: u16, cols: u16) {
+        let _ = self.client.resize_console(self.id, self.pid, rows, cols).await;
+    }
+}
+
+/// Relays this terminal and the init's stdio until the init exits (forwarding SIGINT, SIGTERM,
+/// SIGHUP and window sizes) and returns its exit code.
+pub async fn attach_init(init: &impl InitHandle, stdio: HostStdio, tty: bool) -> Result<i32, RunError> {
+    let waited = async {
+        tokio::select! {
+            w = init.wait() => w,
+            never = proxy_signals(init) => match never {},
+        }
+    };
+    let resize = |rows: u16, cols: u16| init.resize(rows, cols);
+    let code = relay_terminal(stdio, tty, waited, resize, Duration::from_secs(2)).await??;
+    mark("exited");
+    Ok(i32::try_from(code).unwrap_or(i32::MAX))
 }
 
 /// How long a container has after a forwarded SIGINT/SIGTERM/SIGHUP before it is killed.
@@ -399,7 +564,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Forwards SIGINT, SIGTERM and SIGHUP to the container's init (docker's sig-proxy). An init that
 /// ignores them (a container's PID 1 without handlers does) is killed when another arrives or
 /// [`STOP_GRACE`] after the first, as `docker stop` would. Never returns.
-async fn proxy_signals(client: &ContainerClient, id: &str, pid: u32) -> std::convert::Infallible {
+async fn proxy_signals(init: &impl InitHandle) -> std::convert::Infallible {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [
         (SignalKind::interrupt(), libc::SIGINT),
@@ -420,13 +585,8 @@ async fn proxy_signals(client: &ContainerClient, id: &str, pid: u32) -> std::con
         let kill = deadline.is_some();
         let signo = got.unwrap_or(libc::SIGKILL);
         let sent = if kill { None } else { Some(signo) };
-        tracing::info!(
-            signal = signo,
-            kill,
-            container = id,
-            "forwarding a signal to the container"
-        );
-        if let Err(e) = client.signal_process(id, pid, sent).await {
+        tracing::info!(signal = signo, kill, "forwarding a signal to the container");
+        if let Err(e) = init.signal(sent).await {
             tracing::warn!(error = %e, "cannot signal the container");
         }
         if kill {

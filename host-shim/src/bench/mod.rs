@@ -68,6 +68,17 @@ pub struct Row {
     pub samples: Vec<f64>,
 }
 
+impl Row {
+    /// A row of `samples`; `None` when there are none (or one is not finite).
+    pub fn new(metric: impl Into<String>, samples: Vec<f64>) -> Option<Self> {
+        Some(Self {
+            metric: metric.into(),
+            summary: Summary::of(&samples)?,
+            samples,
+        })
+    }
+}
+
 /// Renders rows as an aligned text table.
 pub fn table(title: &str, rows: &[Row]) -> String {
     let width = rows.iter().map(|r| r.metric.len()).max().unwrap_or(6).max(6);

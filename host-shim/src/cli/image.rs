@@ -18,6 +18,7 @@ use super::workloads::{self, PodRun};
 use super::{cache_dir, say};
 use crate::VmArgs;
 use rgcs_host_shim::pod::state::{PodStatus, StateDir};
+use rgcs_host_shim::warm::Pool;
 
 /// `rgcs run [-v HOSTDIR:CTRDIR[:ro]]... [-t] [-i] [-e K=V]... IMAGE [-- CMD...]`.
 #[derive(Args)]
@@ -73,6 +74,9 @@ pub struct RunArgs {
     /// Run in this existing pod (attached unless -d).
     #[arg(long, value_name = "POD")]
     pod: Option<String>,
+    /// Boot a UVM for this container even when the warm pool (`rgcs pool start`) has one ready.
+    #[arg(long, conflicts_with_all = ["detach", "pod"])]
+    cold: bool,
 }
 
 /// `rgcs run`: exits with the container's exit code.
@@ -102,7 +106,8 @@ pub async fn run(state: &StateDir, a: RunArgs) -> Result<ExitCode> {
         scratch_size: (a.scratch_mib << 20).max(scratch::MIN_SIZE),
         boot: a.vm.boot_options(),
     };
-    match run::run(opts).await {
+    let pool = (!a.cold).then(|| Pool::new(state));
+    match run::run(opts, pool.as_ref()).await {
         Ok(code) => Ok(ExitCode::from(u8::try_from(code & 0xFF).unwrap_or(1))),
         Err(e @ run::RunError::Program { .. }) => {
             eprintln!("rgcs: {e}");

@@ -5,6 +5,7 @@ pub mod containers;
 pub mod image;
 pub mod initrd;
 pub mod pod;
+pub mod pool;
 pub mod uvm;
 pub mod workloads;
 

@@ -28,6 +28,94 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+/// Writes `answer` as one JSON line with `fds` passed along (`SCM_RIGHTS`) on its first bytes.
+pub(crate) async fn write_answer(
+    stream: &mut UnixStream,
+    answer: &Answer,
+    fds: Vec<OwnedFd>,
+) -> io::Result<()> {
+    let mut text = serde_json::to_vec(answer).map_err(io::Error::other)?;
+    text.push(b'\n');
+    let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+    let sent = loop {
+        stream.writable().await?;
+        let r = stream.try_io(Interest::WRITABLE, || {
+            crate::sys::scm::send_with_fds(stream.as_fd(), &text, &borrowed)
+        });
+        match r {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    stream.write_all(&text[sent..]).await?;
+    drop(fds);
+    Ok(())
+}
+
+/// Reads one answer line and the descriptors passed with it. Bytes the peer sent after the line
+/// are returned too (the next lines of a conversation).
+pub(crate) async fn read_answer(stream: &UnixStream) -> io::Result<(Answer, Vec<OwnedFd>, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        if let Some(i) = got.iter().position(|&b| b == b'\n') {
+            break i;
+        }
+        if got.len() > MAX_ANSWER {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "answer too long"));
+        }
+        stream.readable().await?;
+        let r = stream.try_io(Interest::READABLE, || {
+            crate::sys::scm::recv_with_fds(stream.as_fd(), &mut buf)
+        });
+        match r {
+            Ok((0, _)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed without answering",
+                ))
+            }
+            Ok((n, got_fds)) => {
+                fds.extend(got_fds);
+                got.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let rest = got.split_off(end + 1);
+    let answer = serde_json::from_slice(&got).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((answer, fds, rest))
+}
+
+/// The longest answer line read.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// A `start`/`exec` answer: the PID, and the process's stdio as descriptors (in the order stdin,
+/// stdout, stderr; `"stdio"` says which are present).
+pub(crate) fn stdio_answer(pid: u32, tty: bool, stdio: HostStdio) -> Result<(Answer, Vec<OwnedFd>), String> {
+    let mut fds = Vec::new();
+    let mut which = [false; 3];
+    for (i, s) in [stdio.stdin, stdio.stdout, stdio.stderr].into_iter().enumerate() {
+        if let Some(s) = s {
+            let std = s.into_std().map_err(|e| e.to_string())?;
+            fds.push(OwnedFd::from(std));
+            which[i] = true;
+        }
+    }
+    Ok((
+        Answer {
+            pid: Some(pid),
+            tty,
+            stdio: Some(which),
+            ..Answer::ok()
+        },
+        fds,
+    ))
+}
+
 /// The control socket's file name inside the serve directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
 

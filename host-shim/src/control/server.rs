@@ -117,23 +117,7 @@ impl ControlServer {
                 Err(e) => (Answer::err(format!("bad request: {e}")), Vec::new()),
             },
         };
-        let mut text = serde_json::to_vec(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
-        text.push(b'\n');
-        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-        let sent = loop {
-            stream.writable().await.map_err(io_err)?;
-            let r = stream.try_io(Interest::WRITABLE, || {
-                crate::sys::scm::send_with_fds(stream.as_fd(), &text, &borrowed)
-            });
-            match r {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(io_err(e)),
-            }
-        };
-        stream.write_all(&text[sent..]).await.map_err(io_err)?;
-        drop(fds);
-        Ok(())
+        write_answer(&mut stream, &answer, fds).await.map_err(io_err)
     }
 
     async fn handle(&self, req: Request) -> (Answer, Vec<OwnedFd>) {
@@ -157,27 +141,6 @@ impl ControlServer {
                 .map_err(|e| error_chain(&e));
             let _ = tx.send(Some(r));
         });
-    }
-
-    fn stdio_answer(pid: u32, tty: bool, stdio: HostStdio) -> Result<(Answer, Vec<OwnedFd>), String> {
-        let mut fds = Vec::new();
-        let mut which = [false; 3];
-        for (i, s) in [stdio.stdin, stdio.stdout, stdio.stderr].into_iter().enumerate() {
-            if let Some(s) = s {
-                let std = s.into_std().map_err(|e| e.to_string())?;
-                fds.push(OwnedFd::from(std));
-                which[i] = true;
-            }
-        }
-        Ok((
-            Answer {
-                pid: Some(pid),
-                tty,
-                stdio: Some(which),
-                ..Answer::ok()
-            },
-            fds,
-        ))
     }
 
     async fn handle_inner(&self, req: Request) -> Reply {
@@ -303,7 +266,7 @@ impl ControlServer {
         if let Ok(mut s) = self.state.lock() {
             s.containers.entry(id).or_insert(Tracked { init: None, tty }).init = Some(pid);
         }
-        Self::stdio_answer(pid, tty, stdio)
+        stdio_answer(pid, tty, stdio)
     }
 
     async fn exec(&self, id: &str, process: &ProcessArgs) -> Reply {
@@ -319,7 +282,7 @@ impl ControlServer {
             .await
             .map_err(chain)?;
         self.track(id, pid);
-        Self::stdio_answer(pid, process.tty, stdio)
+        stdio_answer(pid, process.tty, stdio)
     }
 
     /// The exit code of a process: from this server's own waiter if it started it.

@@ -103,7 +103,7 @@ pub enum ImageError {
 }
 
 /// One layer as an ext4 image.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDisk {
     /// The layer's uncompressed digest (diff_id, `sha256:…`): the cache key.
     pub digest: String,
@@ -118,7 +118,7 @@ pub struct LayerDisk {
 }
 
 /// The result of an import.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImportedImage {
     /// Layers, bottom-most first (overlay `lowerdir` wants them reversed).
     pub layers: Vec<LayerDisk>,

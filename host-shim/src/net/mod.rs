@@ -129,7 +129,7 @@ impl Network {
 }
 
 /// Which network a container gets.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum NetworkMode {
     /// Only `lo`.
     None,
@@ -156,7 +156,7 @@ impl FromStr for NetworkMode {
 }
 
 /// TCP or UDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Protocol {
     /// TCP.
     Tcp,
@@ -175,7 +175,7 @@ impl Protocol {
 }
 
 /// `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]` (docker's form; the host address defaults to all).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortMap {
     /// Host address to listen on (`0.0.0.0`: all).
     pub host_ip: IpAddr,
