@@ -269,11 +269,18 @@ async fn run_warm(
 
 /// With `RGCS_RUN_MARKS` set, `rgcs run` prints `rgcs-mark <phase> <unix ms>` lines to stderr at
 /// each phase (for `rgcs bench run`'s breakdown; another process compares them with its clock).
-fn mark(phase: &str) {
+/// Returns the time, for a warm UVM's server to pass its phases on to the run.
+fn mark(phase: &str) -> f64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    print_mark(phase, ms);
+    ms
+}
+
+/// Prints a phase mark taken here or in a warm UVM's server (same host clock).
+pub fn print_mark(phase: &str, ms: f64) {
     if std::env::var_os("RGCS_RUN_MARKS").is_some() {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
         eprintln!("rgcs-mark {phase} {ms:.3}");
     }
 }
@@ -371,6 +378,8 @@ pub struct Started {
     pub id: String,
     /// The init's PID in the guest.
     pub pid: u32,
+    /// When each phase of the start ended (`rootfs`, `network`, `created`, `started`; unix ms).
+    pub marks: Vec<(String, f64)>,
 }
 
 /// Mounts the image's root filesystem (with the volumes), attaches the network, creates and
@@ -398,7 +407,7 @@ pub async fn start_container(
     let root = storage
         .mount(uvm, bridge, image, id, opts.scratch_size, &shares)
         .await?;
-    mark("rootfs");
+    let mut marks = vec![("rootfs".to_owned(), mark("rootfs"))];
     // The NIC goes to the namespace named after the container (ContainerSpec's default) before
     // Create, as hcsshim's host adds endpoints first; the guest moves it in at Create.
     let attached = async {
@@ -416,7 +425,7 @@ pub async fn start_container(
             return Err(e.into());
         }
     };
-    mark("network");
+    marks.push(("network".to_owned(), mark("network")));
     let mut started = Started {
         storage,
         root: None,
@@ -424,13 +433,15 @@ pub async fn start_container(
         nic,
         id: id.to_owned(),
         pid: 0,
+        marks,
     };
     let created = create_and_start(client, opts, process, &root).await;
     started.root = Some(root);
     match created {
-        Ok((pid, stdio)) => {
+        Ok((pid, stdio, created)) => {
             started.pid = pid;
-            mark("started");
+            started.marks.push(("created".to_owned(), created));
+            started.marks.push(("started".to_owned(), mark("started")));
             Ok((started, stdio))
         }
         Err(e) => {
@@ -478,7 +489,7 @@ async fn create_and_start(
     opts: &RunOptions,
     process: ProcessSpec,
     root: &ContainerRootfs,
-) -> Result<(u32, HostStdio), RunError> {
+) -> Result<(u32, HostStdio, f64), RunError> {
     let id = root.id.as_str();
     let mut spec = ContainerSpec::new(id, root.rootfs.clone(), process);
     spec.hostname.clone_from(&opts.hostname);
@@ -490,7 +501,7 @@ async fn create_and_start(
         .create_container(id, config)
         .await
         .map_err(|e| program_error(&e).unwrap_or(RunError::Container(e)))?;
-    mark("created");
+    let created = mark("created");
     let pipes = Pipes {
         stdin: opts.interactive || opts.tty,
         stdout: true,
@@ -506,7 +517,8 @@ async fn create_and_start(
             tracing::warn!(error = %e, container = id, "delete container state failed");
         }
     }
-    Ok(result?)
+    let (pid, stdio) = result?;
+    Ok((pid, stdio, created))
 }
 
 /// What `rgcs run` needs of a running init besides its stdio: its exit, signals and terminal

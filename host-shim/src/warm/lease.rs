@@ -26,7 +26,7 @@ use super::{Pool, WarmPhase};
 use crate::control::{read_answer, stdio_from_fds};
 use crate::image::ImportedImage;
 use crate::net::{NetworkMode, PortMap};
-use crate::run::{InitHandle, RunError, RunOptions, Volume};
+use crate::run::{print_mark, InitHandle, RunError, RunOptions, Volume};
 use crate::session::BootOptions;
 use rgcs_client::HostStdio;
 
@@ -222,6 +222,12 @@ pub async fn claim(
             }
             match try_lease(&entry.dir.lease_socket(), req).await {
                 Ok(Attempt::Leased(stream, answer, fds, rest)) => {
+                    let marks = answer.data.as_ref().and_then(|d| d.get("marks")).cloned();
+                    if let Some(Ok(marks)) = marks.map(serde_json::from_value::<Vec<(String, f64)>>) {
+                        for (phase, ms) in marks {
+                            print_mark(&phase, ms);
+                        }
+                    }
                     let stdio = stdio_from_fds(&answer, fds).map_err(|e| RunError::Warm(e.to_string()))?;
                     let pid = answer.pid.unwrap_or(0);
                     return Ok(Some((

@@ -180,9 +180,13 @@ async fn serve_lease(
     };
     let (id, pid) = (started.id.clone(), started.pid);
     let sent = match stdio_answer(pid, req.tty, stdio) {
-        Ok((answer, fds)) => write_answer(&mut stream, &answer, fds)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok((mut answer, fds)) => {
+            // The start's phases, for the run's marks (`rgcs bench run`).
+            answer.data = Some(serde_json::json!({ "marks": started.marks }));
+            write_answer(&mut stream, &answer, fds)
+                .await
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(e),
     };
     let mut exited = false;
