@@ -2,7 +2,7 @@
 //! booted ahead of time behaves as in a cold one. Two warm runs read different random bytes and
 //! boot IDs, see the host's time, exit with their container's code, relay stdin and a volume, and
 //! see nothing of each other; each warm UVM is used once and is gone after its run, and the pool
-//! refills; a run whose boot options differ boots cold; a client killed with SIGKILL takes its
+//! refills; a terminal is sized through the lease; a run whose boot options differ boots cold; a client killed with SIGKILL takes its
 //! container and UVM with it; `pool stop` leaves no server, QEMU or directory behind.
 //! No network traffic (`--network none`). Needs `RGCS_INITRD` (set by `scripts/test.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
@@ -61,8 +61,8 @@ impl Env {
         out
     }
 
-    /// `rgcs run --network none --cache C IMAGE -- sh -c SCRIPT` with `extra` options first.
-    fn run(&self, extra: &[&str], script: &str) -> Run {
+    /// `run --network none --cache C [extra…] IMAGE -- CMD…`.
+    fn run_argv<'a>(&'a self, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "run",
             "--network",
@@ -71,8 +71,14 @@ impl Env {
             self.cache.path().to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        args.extend([self.image.to_str().unwrap(), "--", "sh", "-c", script]);
-        Run::of(self.rgcs(&args))
+        args.extend([self.image.to_str().unwrap(), "--"]);
+        args.extend_from_slice(cmd);
+        args
+    }
+
+    /// `rgcs run … IMAGE -- sh -c SCRIPT` with `extra` options first.
+    fn run(&self, extra: &[&str], script: &str) -> Run {
+        Run::of(self.rgcs(&self.run_argv(extra, &["sh", "-c", script])))
     }
 
     fn pool(&self) -> rgcs_host_shim::warm::Pool {
@@ -234,21 +240,14 @@ fn warm_runs_behave_like_cold_ones() {
     std::fs::write(vol.path().join("f"), "from the host\n").unwrap();
     let volume = format!("{}:/h:ro", vol.path().display());
     let mut child = env
-        .command(&[
-            "run",
-            "-i",
-            "--network",
-            "none",
-            "--cache",
-            env.cache.path().to_str().unwrap(),
-            "-v",
-            &volume,
-            env.image.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "cat /h/f; cat; touch /h/g 2>/dev/null || echo read-only",
-        ])
+        .command(&env.run_argv(
+            &["-i", "-v", &volume],
+            &[
+                "sh",
+                "-c",
+                "cat /h/f; cat; touch /h/g 2>/dev/null || echo read-only",
+            ],
+        ))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -260,6 +259,32 @@ fn warm_runs_behave_like_cold_ones() {
     assert_eq!(r.code, Some(0));
     assert_eq!(r.stdout, "from the host\ntyped in\nread-only\n");
 
+    // A terminal through a warm UVM, sized by the client (resize lines on the lease).
+    env.wait_ready(1);
+    let cmd = format!(
+        "stty rows 30 cols 100; {} run -t --network none --cache {} {} -- sh -c 'tty; stty size; exit 5'",
+        env!("CARGO_BIN_EXE_rgcs"),
+        env.cache.path().display(),
+        env.image.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env(
+            "RGCS_INITRD",
+            rgcs_host_shim::session::initrd_from_env().unwrap_or_else(|e| panic!("{e}")),
+        )
+        .env("RGCS_STATE_DIR", env.state.path())
+        .env("RGCS_RUN_MARKS", "1")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{shown}");
+    assert!(shown.contains("rgcs-mark leased"), "a warm run: {shown:?}");
+    assert!(
+        shown.contains("/dev/pts/0") && shown.contains("30 100"),
+        "{shown:?}"
+    );
+
     // Other boot options: not this pool's UVMs, a cold boot.
     let r = env.run(&["--memory", "384"], "echo cold");
     assert!(!r.warm, "a run with other boot options boots its own UVM");
@@ -268,16 +293,7 @@ fn warm_runs_behave_like_cold_ones() {
     env.wait_ready(1);
     let (_, oldest) = env.warm(rgcs_host_shim::warm::WarmPhase::Ready)[0].clone();
     let oldest_tree: Vec<u32> = std::iter::once(oldest).chain(descendants(oldest)).collect();
-    let out = env.rgcs(&[
-        "run",
-        "--network",
-        "none",
-        "--cache",
-        env.cache.path().to_str().unwrap(),
-        env.image.to_str().unwrap(),
-        "--",
-        "no-such-program",
-    ]);
+    let out = env.rgcs(&env.run_argv(&[], &["no-such-program"]));
     assert_eq!(out.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     wait_dead(&oldest_tree, "the warm UVM that refused the program");
@@ -285,18 +301,7 @@ fn warm_runs_behave_like_cold_ones() {
     // A client killed with SIGKILL: its container and warm UVM go too.
     env.wait_ready(1);
     let mut client = env
-        .command(&[
-            "run",
-            "--network",
-            "none",
-            "--cache",
-            env.cache.path().to_str().unwrap(),
-            env.image.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "echo up; sleep 600",
-        ])
+        .command(&env.run_argv(&[], &["sh", "-c", "echo up; sleep 600"]))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -232,6 +232,10 @@ impl Pool {
     /// Starts servers until the pool holds `pool.json`'s size of live booting or ready UVMs;
     /// returns the directories of those it started. Nothing when no pool was started.
     pub fn refill(&self) -> io::Result<Vec<WarmDir>> {
+        // Without a pool nothing is touched (not even the lock file).
+        if self.config().is_none() {
+            return Ok(Vec::new());
+        }
         let _lock = self.lock()?;
         let Some(config) = self.config() else {
             return Ok(Vec::new());
