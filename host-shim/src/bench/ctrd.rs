@@ -329,13 +329,91 @@ impl Drop for Containerd {
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
         let _ = self.child.wait();
-        // containerd leaves its snapshot and netns mounts for its next start; ours go now.
-        for d in ["root", "state"] {
-            let _ = Command::new("umount")
-                .arg("-R")
-                .arg(self.dir.path().join(d))
-                .stderr(Stdio::null())
-                .status();
+        // containerd leaves its snapshot mounts and its CRI sandboxes' shm and netns mounts for
+        // its next start (and a test that failed half-way left a pod): ours go now.
+        unmount_below(self.dir.path());
+    }
+}
+
+/// Unmounts every mount point below `dir`, deepest first, detached (a busy one goes once
+/// unused), so that the directory can be removed.
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space…) undone.
+fn unescape_mount_path(p: &str) -> String {
+    let bytes = p.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match octal {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_unescape() {
+        assert_eq!(unescape_mount_path("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+        assert_eq!(unescape_mount_path("/x\\9"), "/x\\9");
+    }
+
+    #[test]
+    fn mounts_below_a_directory_are_all_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("state/a");
+        let b = a.join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        let tmpfs = |target: &Path| {
+            nix::mount::mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+        };
+        tmpfs(&a);
+        std::fs::create_dir_all(&b).unwrap();
+        tmpfs(&b);
+        unmount_below(dir.path());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !info.contains(dir.path().to_str().unwrap()),
+            "mounts left below {}",
+            dir.path().display()
+        );
     }
 }
