@@ -5,22 +5,26 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::image::{self, ImportedImage, Progress};
-use crate::net::{AttachedNic, NetError, NetworkMode, PortMap, UvmNetwork};
-use crate::rootfs::{add_binds, ContainerRootfs, RootfsError, Share, UvmStorage};
+use crate::net::{NetError, NetworkMode, PortMap};
+use crate::rootfs::RootfsError;
 use crate::session::{BootOptions, Session, SessionError, POWER_OFF_TIMEOUT};
-use crate::stdio::{relay_terminal, StdioError};
+use crate::stdio::StdioError;
 use crate::vm::Uvm;
 use crate::warm::lease::{self, RunRequest};
 use crate::warm::{fingerprint, Pool};
 use rgcs_client::bridge::{BridgeClient, ClientError};
-use rgcs_client::spec::{init_process, Pipes, ProcessSpec, UserSpec};
-use rgcs_client::HostStdio;
-use rgcs_client::{ContainerClient, ContainerError, ContainerSpec};
+use rgcs_client::spec::{ProcessSpec, UserSpec};
+use rgcs_client::{ContainerClient, ContainerError};
+
+mod attach;
+mod start;
+
+pub use attach::{attach_init, InitHandle, LocalInit, STOP_GRACE};
+pub use start::{start_container, Started};
 
 /// `-v HOSTDIR:CTRDIR[:ro]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -364,264 +368,6 @@ async fn run_in(
     let result = attach_init(&local, stdio, opts.tty).await;
     started.remove(bridge, client).await;
     result
-}
-
-/// A container [`start_container`] made ready in a UVM: its root filesystem mounted, its NIC
-/// attached, created, its init running. [`Started::remove`] takes all of it down again.
-pub struct Started {
-    storage: UvmStorage,
-    /// `None` once unmounted.
-    root: Option<ContainerRootfs>,
-    net: UvmNetwork,
-    nic: Option<AttachedNic>,
-    /// The container's ID.
-    pub id: String,
-    /// The init's PID in the guest.
-    pub pid: u32,
-    /// When each phase of the start ended (`rootfs`, `network`, `created`, `started`; unix ms).
-    pub marks: Vec<(String, f64)>,
-}
-
-/// Mounts the image's root filesystem (with the volumes), attaches the network, creates and
-/// starts the container and its init with the pipes `opts` asks for. On failure whatever was done
-/// is undone before the error returns.
-pub async fn start_container(
-    uvm: &Uvm,
-    bridge: &BridgeClient,
-    client: &ContainerClient,
-    opts: &RunOptions,
-    image: &ImportedImage,
-    process: ProcessSpec,
-    id: &str,
-) -> Result<(Started, HostStdio), RunError> {
-    let mut storage = UvmStorage::new(uvm).await?;
-    let shares: Vec<Share> = opts
-        .volumes
-        .iter()
-        .map(|v| Share {
-            host: v.host.clone(),
-            container: v.container.clone(),
-            read_only: v.read_only,
-        })
-        .collect();
-    let root = storage
-        .mount(uvm, bridge, image, id, opts.scratch_size, &shares)
-        .await?;
-    let mut marks = vec![("rootfs".to_owned(), mark("rootfs"))];
-    // The NIC goes to the namespace named after the container (ContainerSpec's default) before
-    // Create, as hcsshim's host adds endpoints first; the guest moves it in at Create.
-    let attached = async {
-        let mut net = UvmNetwork::new(uvm).await?;
-        let nic = net
-            .attach(bridge, id, &opts.network, &opts.ports, &opts.dns)
-            .await?;
-        Ok::<_, NetError>((net, nic))
-    }
-    .await;
-    let (net, nic) = match attached {
-        Ok(n) => n,
-        Err(e) => {
-            storage.unmount(bridge, root).await;
-            return Err(e.into());
-        }
-    };
-    marks.push(("network".to_owned(), mark("network")));
-    let mut started = Started {
-        storage,
-        root: None,
-        net,
-        nic,
-        id: id.to_owned(),
-        pid: 0,
-        marks,
-    };
-    let created = create_and_start(client, opts, process, &root).await;
-    started.root = Some(root);
-    match created {
-        Ok((pid, stdio, created)) => {
-            started.pid = pid;
-            started.marks.push(("created".to_owned(), created));
-            started.marks.push(("started".to_owned(), mark("started")));
-            Ok((started, stdio))
-        }
-        Err(e) => {
-            started.release(bridge).await;
-            Err(e)
-        }
-    }
-}
-
-impl std::fmt::Debug for Started {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Started")
-            .field("id", &self.id)
-            .field("pid", &self.pid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Started {
-    /// Deletes the container's state (its init has exited or is killed with the state), then
-    /// detaches its NIC and unmounts its root filesystem.
-    pub async fn remove(mut self, bridge: &BridgeClient, client: &ContainerClient) {
-        if let Err(e) = client.delete_container_state(&self.id).await {
-            tracing::warn!(error = %e, container = %self.id, "delete container state failed");
-        }
-        self.release(bridge).await;
-    }
-
-    async fn release(&mut self, bridge: &BridgeClient) {
-        if let Some(nic) = self.nic.take() {
-            if let Err(e) = self.net.detach(bridge, nic).await {
-                tracing::warn!(error = %rgcs_protocol::error_chain(&e), "network detach failed");
-            }
-        }
-        if let Some(root) = self.root.take() {
-            self.storage.unmount(bridge, root).await;
-        }
-    }
-}
-
-/// Create, start and the init process; the container's state is deleted again if a step after
-/// Create fails.
-async fn create_and_start(
-    client: &ContainerClient,
-    opts: &RunOptions,
-    process: ProcessSpec,
-    root: &ContainerRootfs,
-) -> Result<(u32, HostStdio, f64), RunError> {
-    let id = root.id.as_str();
-    let mut spec = ContainerSpec::new(id, root.rootfs.clone(), process);
-    spec.hostname.clone_from(&opts.hostname);
-    let mut config = spec.config()?;
-    if let Some(oci) = config.oci_specification.as_mut() {
-        add_binds(oci, &root.binds);
-    }
-    client
-        .create_container(id, config)
-        .await
-        .map_err(|e| program_error(&e).unwrap_or(RunError::Container(e)))?;
-    let created = mark("created");
-    let pipes = Pipes {
-        stdin: opts.interactive || opts.tty,
-        stdout: true,
-        stderr: !opts.tty,
-    };
-    let result = async {
-        client.start(id).await?;
-        client.execute_process(id, init_process(pipes)).await
-    }
-    .await;
-    if result.is_err() {
-        if let Err(e) = client.delete_container_state(id).await {
-            tracing::warn!(error = %e, container = id, "delete container state failed");
-        }
-    }
-    let (pid, stdio) = result?;
-    Ok((pid, stdio, created))
-}
-
-/// What `rgcs run` needs of a running init besides its stdio: its exit, signals and terminal
-/// resizes; through this process's bridge ([`LocalInit`]) or a warm UVM's server.
-pub trait InitHandle: Sync {
-    /// The init's exit code, once it has exited.
-    fn wait(&self) -> impl std::future::Future<Output = Result<u32, RunError>> + Send;
-    /// Sends `signal` (SIGKILL when `None`).
-    fn signal(&self, signal: Option<i32>) -> impl std::future::Future<Output = Result<(), RunError>> + Send;
-    /// Resizes the init's terminal.
-    fn resize(&self, rows: u16, cols: u16) -> impl std::future::Future<Output = ()> + Send;
-}
-
-/// An init reached through this process's own bridge.
-#[derive(Debug)]
-pub struct LocalInit<'a> {
-    /// The UVM's container client.
-    pub client: &'a ContainerClient,
-    /// Container ID.
-    pub id: &'a str,
-    /// The init's PID.
-    pub pid: u32,
-}
-
-impl InitHandle for LocalInit<'_> {
-    async fn wait(&self) -> Result<u32, RunError> {
-        Ok(self.client.wait_for_process(self.id, self.pid, None).await?)
-    }
-    async fn signal(&self, signal: Option<i32>) -> Result<(), RunError> {
-        Ok(self.client.signal_process(self.id, self.pid, signal).await?)
-    }
-    async fn resize(&self, rows: u16, cols: u16) {
-        let _ = self.client.resize_console(self.id, self.pid, rows, cols).await;
-    }
-}
-
-/// Relays this terminal and the init's stdio until the init exits (forwarding SIGINT, SIGTERM,
-/// SIGHUP and window sizes) and returns its exit code.
-pub async fn attach_init(init: &impl InitHandle, stdio: HostStdio, tty: bool) -> Result<i32, RunError> {
-    let waited = async {
-        tokio::select! {
-            w = init.wait() => w,
-            never = proxy_signals(init) => match never {},
-        }
-    };
-    let resize = |rows: u16, cols: u16| init.resize(rows, cols);
-    let code = relay_terminal(stdio, tty, waited, resize, Duration::from_secs(2)).await??;
-    mark("exited");
-    Ok(i32::try_from(code).unwrap_or(i32::MAX))
-}
-
-/// How long a container has after a forwarded SIGINT/SIGTERM/SIGHUP before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Forwards SIGINT, SIGTERM and SIGHUP to the container's init (docker's sig-proxy). An init that
-/// ignores them (a container's PID 1 without handlers does) is killed when another arrives or
-/// [`STOP_GRACE`] after the first, as `docker stop` would. Never returns.
-async fn proxy_signals(init: &impl InitHandle) -> std::convert::Infallible {
-    use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [
-        (SignalKind::interrupt(), libc::SIGINT),
-        (SignalKind::terminate(), libc::SIGTERM),
-        (SignalKind::hangup(), libc::SIGHUP),
-    ];
-    let mut streams: Vec<_> = kinds
-        .iter()
-        .filter_map(|(k, n)| signal(*k).ok().map(|s| (s, *n)))
-        .collect();
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let next = futures_select(&mut streams);
-        let got = match deadline {
-            Some(d) => tokio::time::timeout_at(d, next).await.ok(),
-            None => Some(next.await),
-        };
-        let kill = deadline.is_some();
-        let signo = got.unwrap_or(libc::SIGKILL);
-        let sent = if kill { None } else { Some(signo) };
-        tracing::info!(signal = signo, kill, "forwarding a signal to the container");
-        if let Err(e) = init.signal(sent).await {
-            tracing::warn!(error = %e, "cannot signal the container");
-        }
-        if kill {
-            std::future::pending::<()>().await;
-        }
-        deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
-    }
-}
-
-/// The number of the first of `streams` to deliver a signal.
-async fn futures_select(streams: &mut [(tokio::signal::unix::Signal, i32)]) -> i32 {
-    if streams.is_empty() {
-        return std::future::pending().await;
-    }
-    std::future::poll_fn(|cx| {
-        for (s, n) in streams.iter_mut() {
-            if s.poll_recv(cx).is_ready() {
-                return std::task::Poll::Ready(*n);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]
